@@ -1,0 +1,1 @@
+"""Benchmarks: classical-codec baselines (`classical`) and the merged report (`report`)."""

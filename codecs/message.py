@@ -1,0 +1,164 @@
+"""The message: an ANS stack of 32-bit words that codecs push onto and pop from.
+
+A thin wrapper over constriction's ``AnsCoder`` that makes three things explicit
+which the raw coder leaves implicit:
+
+* **Serialization.** :meth:`Message.to_bytes` / :meth:`Message.from_bytes` give a
+  self-delimiting, little-endian byte form; any byte string either parses to a
+  message or raises :class:`CorruptStreamError`.
+* **Initial bits for bits-back.** A bits-back codec must *pop* before it has
+  pushed anything. :meth:`Message.seeded` starts the stack on a fixed
+  pseudo-random word stream that every decoder can regenerate (SHAKE-256 of a
+  constant). :meth:`to_bytes` leaves out the part of that stream the encoder
+  never touched, so a file only pays for the initial bits it actually consumed.
+* **Underflow.** Popping from a message that has run out of words is
+  deterministic and exactly invertible (the coder reads zero bits: it returns the
+  lowest-cumulative symbol, and pushing that symbol back restores the message
+  bit for bit). Such samples are not distributed like the model, so bits-back
+  gains nothing from them; with ``strict=True`` a pop from an empty message
+  raises :class:`MessageUnderflowError` instead.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import constriction
+import numpy as np
+
+_AnsCoder = constriction.stream.stack.AnsCoder
+_SEED_TAG = b"amdcompress/initial-bits/v1"
+
+
+class CorruptStreamError(ValueError):
+    """The bytes do not form a valid ANS message."""
+
+
+class MessageUnderflowError(RuntimeError):
+    """A strict message was popped while empty."""
+
+
+def seed_words(n: int) -> np.ndarray:
+    """The first ``n`` words of the fixed initial-bits stream (a prefix-stable sequence)."""
+    if n <= 0:
+        return np.zeros(0, dtype=np.uint32)
+    raw = hashlib.shake_256(_SEED_TAG).digest(4 * n)
+    return np.frombuffer(raw, dtype="<u4").astype(np.uint32)
+
+
+def _write_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    n = shift = 0
+    while True:
+        if pos >= len(data):
+            raise CorruptStreamError("truncated varint in ANS stream")
+        b = data[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return n, pos
+        shift += 7
+        if shift > 63:
+            raise CorruptStreamError("varint too long in ANS stream")
+
+
+class Message:
+    """An ANS stack. Codecs mutate it in place through :attr:`coder`."""
+
+    __slots__ = ("coder", "strict")
+
+    def __init__(self, coder=None, *, strict: bool = False):
+        self.coder = coder if coder is not None else _AnsCoder()
+        self.strict = strict
+
+    # -- construction -----------------------------------------------------
+    @classmethod
+    def empty(cls, *, strict: bool = False) -> "Message":
+        """A message with no words: pushes only, or pops of zero information."""
+        return cls(_AnsCoder(), strict=strict)
+
+    @classmethod
+    def seeded(cls, n_words: int = 64) -> "Message":
+        """A message resting on ``n_words`` of the fixed initial-bits stream.
+
+        Use it to start a bits-back encoder; the decoder needs nothing extra,
+        because :meth:`to_bytes` records how much of the stream survived.
+        """
+        return cls(_AnsCoder(seed_words(n_words), seal=True))
+
+    # -- inspection -------------------------------------------------------
+    def num_bits(self) -> int:
+        """Bits the message would occupy if serialized now (before seed stripping)."""
+        return int(self.coder.num_bits())
+
+    def is_empty(self) -> bool:
+        return bool(self.coder.is_empty())
+
+    def words(self) -> np.ndarray:
+        """The compressed words, bottom of the stack first (a copy)."""
+        return np.asarray(self.coder.get_compressed(), dtype=np.uint32).copy()
+
+    def copy(self) -> "Message":
+        return Message(self.coder.clone(), strict=self.strict)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Message) and np.array_equal(self.words(), other.words())
+
+    __hash__ = None  # mutable
+
+    def check_pop(self) -> None:
+        """Raise if a strict message is asked to pop while empty."""
+        if self.strict and self.coder.is_empty():
+            raise MessageUnderflowError("pop from an empty message")
+
+    # -- serialization ----------------------------------------------------
+    def to_bytes(self) -> bytes:
+        """Serialize: varint(k) + words[k:] little-endian, where words[:k] is the
+        longest prefix shared with the initial-bits stream (dropped: the decoder
+        regenerates it)."""
+        w = self.words()
+        k = 0
+        if len(w):
+            ref = seed_words(len(w))
+            diff = np.flatnonzero(w != ref)
+            k = int(diff[0]) if len(diff) else len(w)
+        return _write_varint(k) + w[k:].astype("<u4").tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, strict: bool = False) -> "Message":
+        """Inverse of :meth:`to_bytes`; raises :class:`CorruptStreamError` on
+        anything that is not a serialized message."""
+        k, pos = _read_varint(bytes(data[:10]), 0)
+        rest = len(data) - pos
+        if rest % 4:
+            raise CorruptStreamError("ANS stream length is not a whole number of words")
+        if k > (1 << 24):
+            raise CorruptStreamError("implausible initial-bits prefix length")
+        body = np.frombuffer(data, dtype="<u4", offset=pos).astype(np.uint32)
+        words = np.concatenate([seed_words(k), body])
+        try:
+            coder = _AnsCoder(words) if len(words) else _AnsCoder()
+        except ValueError as e:
+            raise CorruptStreamError(str(e)) from None
+        return cls(coder, strict=strict)
+
+    def is_seed_remainder(self, n_words: int = 64) -> bool:
+        """True if the message is exactly the untouched ``seeded(n_words)`` start:
+        what a bits-back decoder must be left with."""
+        try:
+            rest = self.coder.get_compressed(unseal=True)
+        except BaseException as e:  # constriction's PanicException derives from BaseException
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            return False
+        return np.array_equal(np.asarray(rest, dtype=np.uint32), seed_words(n_words))

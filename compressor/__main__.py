@@ -1,0 +1,4 @@
+"""``python -m amdcompress``: the same as the ``amdcompress`` command."""
+from .cli import entry
+
+entry()

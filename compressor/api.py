@@ -1,0 +1,116 @@
+"""The public API: whole files in, whole files out.
+
+``compress(raw)`` returns the bytes of an ``.amd`` file; ``decompress(blob)``
+returns the original file bytes (images: identical pixels, mode and size; see
+:mod:`.formats`). Every failure is an :class:`~.errors.AmdError` with a
+one-line message.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from . import backends, container, formats
+from .errors import AmdError
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Info:
+    """What ``amdcompress info`` reports about a file."""
+
+    model: str
+    codec_id: int
+    kind: str
+    shape: tuple[int, ...]
+    dims: int
+    file_bytes: int
+    payload_bytes: int
+    header_bytes: int
+    bits_per_dim: float
+    crc32: str
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["shape"] = list(self.shape)
+        return d
+
+
+def _frame(backend, data: formats.Data, payload: bytes) -> bytes:
+    crc = container.crc32(np.ascontiguousarray(data.array).tobytes())
+    header = container.Header(backend.codec_id, backend.weights_tag(), data.kind, data.array.shape, crc, len(payload))
+    return container.pack(header, payload)
+
+
+def compress(raw: bytes, model: str = AUTO, progress: Callable | None = None) -> bytes:
+    """Compress file bytes with ``model`` (a backend name, or ``auto``: every
+    available backend that accepts the input is tried and the smallest file
+    kept, so auto is never worse than the classical fallbacks)."""
+    data = formats.sniff(bytes(raw))
+    if model != AUTO:
+        backend = backends.by_name(model)
+        if not backend.accepts(data):
+            raise AmdError(f"model {model!r} does not accept {formats.KIND_NAMES[data.kind]} input "
+                           f"of shape {data.array.shape}")
+        return _frame(backend, data, backend.encode(data, progress))
+    best = None
+    for backend in backends.all_backends():
+        if not backend.accepts(data):
+            continue
+        try:
+            blob = _frame(backend, data, backend.encode(data, progress))
+        except AmdError:
+            continue  # e.g. a model that cannot code this particular input
+        if best is None or len(blob) < len(best):
+            best = blob
+    assert best is not None  # store accepts everything
+    return best
+
+
+def decompress(blob: bytes, progress: Callable | None = None) -> bytes:
+    """Decode an ``.amd`` file back to the original file bytes, checking the
+    container, the model's weights and the CRC of the data."""
+    header, payload = container.unpack(bytes(blob))
+    backend = backends.by_id(header.codec_id)
+    if backend.weights_tag() != header.weights_tag:
+        raise AmdError(f"file was made with other weights of model {backend.name!r} "
+                       f"({header.weights_tag.hex()}, installed {backend.weights_tag().hex()})")
+    try:
+        array = backend.decode(payload, header.kind, header.shape, progress)
+    except AmdError:
+        raise
+    except (ValueError, IndexError, OverflowError) as e:
+        raise AmdError(f"corrupt payload ({e})") from None
+    except BaseException as e:  # constriction's PanicException is a BaseException
+        if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError)):
+            raise
+        raise AmdError(f"corrupt payload ({type(e).__name__})") from None
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    if array.shape != header.shape or container.crc32(array.tobytes()) != header.crc32:
+        raise AmdError("checksum mismatch: the file is corrupt (or was made on an incompatible setup)")
+    return formats.to_file_bytes(formats.Data(header.kind, array))
+
+
+def info(blob: bytes) -> Info:
+    """Describe an ``.amd`` file without decoding its payload."""
+    header, payload = container.unpack(bytes(blob))
+    try:
+        name = backends.by_id(header.codec_id).name
+    except AmdError:
+        name = f"unknown (id {header.codec_id})"
+    dims = int(np.prod(header.shape))
+    return Info(
+        model=name,
+        codec_id=header.codec_id,
+        kind=formats.KIND_NAMES[header.kind],
+        shape=header.shape,
+        dims=dims,
+        file_bytes=len(blob),
+        payload_bytes=len(payload),
+        header_bytes=len(blob) - len(payload),
+        bits_per_dim=8.0 * len(blob) / dims if dims else float("nan"),
+        crc32=f"{header.crc32:08x}",
+    )

@@ -1,0 +1,193 @@
+"""The .amd container and the public API: framing, round trips of every input
+kind, and a fuzzed decoder that never returns wrong data."""
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+import amdcompress
+from amdcompress import AmdError, container, formats
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def png_bytes(a: np.ndarray, mode: str) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a, mode=mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def cifar():
+    return np.load(DATA / "cifar10" / "test.npy")
+
+
+@pytest.fixture(scope="module")
+def text8():
+    return (DATA / "text8" / "valid.txt").read_bytes()
+
+
+def test_header_roundtrip_and_compact_framing():
+    h = container.Header(2, b"\x01\x02\x03\x04", formats.IMAGE_PNG, (32, 32, 3), 0xDEADBEEF, 0)
+    blob = container.pack(h, b"payload")
+    h2, p = container.unpack(blob)
+    assert p == b"payload" and h2.shape == (32, 32, 3) and h2.crc32 == 0xDEADBEEF and h2.codec_id == 2
+    assert len(blob) - len(b"payload") <= 24
+
+
+@pytest.mark.parametrize("model", ["auto", "store", "lzma"])
+def test_text_roundtrip(text8, model):
+    raw = text8[:20000]
+    blob = amdcompress.compress(raw, model=model)
+    assert amdcompress.decompress(blob) == raw
+    if model == "auto":
+        assert len(blob) < len(raw) // 2
+
+
+@given(raw=st.binary(max_size=3000))
+@settings(max_examples=60, deadline=None)
+def test_arbitrary_bytes_roundtrip(raw):
+    assert amdcompress.decompress(amdcompress.compress(raw)) == raw
+
+
+def test_empty_input_roundtrip():
+    assert amdcompress.decompress(amdcompress.compress(b"")) == b""
+
+
+@pytest.mark.parametrize("mode,shape", [("RGB", (23, 37, 3)), ("L", (23, 37)), ("RGBA", (5, 9, 4)),
+                                        ("LA", (4, 3, 2)), ("RGB", (1, 1, 3)), ("L", (200, 1))])
+def test_png_roundtrip_pixels_mode_size(mode, shape):
+    rng = np.random.default_rng(0)
+    a = (rng.integers(0, 64, shape) * 3).astype(np.uint8)
+    out = amdcompress.decompress(amdcompress.compress(png_bytes(a, mode)))
+    img = Image.open(io.BytesIO(out))
+    assert img.mode == mode and img.size == (shape[1], shape[0])
+    assert np.array_equal(np.asarray(img), a)
+
+
+def test_real_cifar_png_roundtrip(cifar):
+    for a in cifar[:5]:
+        blob = amdcompress.compress(png_bytes(a, "RGB"))
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(amdcompress.decompress(blob)))), a)
+        assert amdcompress.info(blob).header_bytes <= 24
+
+
+def test_palette_png_roundtrips_as_bytes():
+    img = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8), mode="L").convert("P")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    blob = amdcompress.compress(buf.getvalue())
+    assert amdcompress.info(blob).kind == "bytes"
+    assert amdcompress.decompress(blob) == buf.getvalue()
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_pnm_byte_identical(c):
+    rng = np.random.default_rng(c)
+    a = rng.integers(0, 256, (7, 11, c), dtype=np.uint8)
+    raw = (b"P5" if c == 1 else b"P6") + b"\n11 7\n255\n" + a.tobytes()
+    blob = amdcompress.compress(raw)
+    assert amdcompress.info(blob).kind == "pnm"
+    assert amdcompress.decompress(blob) == raw
+
+
+def test_npy_batch_byte_identical(cifar):
+    raw = npy_bytes(cifar[:20])
+    blob = amdcompress.compress(raw)
+    i = amdcompress.info(blob)
+    assert i.kind == "npy" and i.shape == (20, 32, 32, 3)
+    assert amdcompress.decompress(blob) == raw
+
+
+def test_other_npy_is_bytes():
+    raw = npy_bytes(np.arange(10, dtype=np.float32))
+    blob = amdcompress.compress(raw)
+    assert amdcompress.info(blob).kind == "bytes" and amdcompress.decompress(blob) == raw
+
+
+def test_auto_never_worse_than_fallbacks(cifar):
+    raw = png_bytes(cifar[0], "RGB")
+    auto = len(amdcompress.compress(raw))
+    for name in ("store", "lzma", "jxl"):
+        assert auto <= len(amdcompress.compress(raw, model=name))
+
+
+def test_model_refusing_input_is_an_error():
+    with pytest.raises(AmdError, match="does not accept"):
+        amdcompress.compress(b"hello", model="jxl")
+    with pytest.raises(AmdError, match="unknown model"):
+        amdcompress.compress(b"hello", model="nope")
+
+
+@pytest.mark.parametrize("blob,msg", [
+    (b"", "bad magic"), (b"PK\x03\x04 zip file", "bad magic"), (b"AMD", "truncated"),
+    (b"AMD\x09" + bytes(20), "version"), (b"AMD\x01\x01\x00\x00\x00\x00\x07" + bytes(10), "kind"),
+])
+def test_foreign_and_broken_headers(blob, msg):
+    with pytest.raises(AmdError, match=msg):
+        amdcompress.decompress(blob)
+
+
+def test_unknown_codec_id_is_clear():
+    blob = bytearray(amdcompress.compress(b"abc" * 50, model="lzma"))
+    blob[4] = 200
+    with pytest.raises(AmdError, match="codec id 200"):
+        amdcompress.decompress(bytes(blob))
+
+
+def _fuzz_sources():
+    rng = np.random.default_rng(5)
+    img = (rng.integers(0, 8, (9, 13, 3)) * 30).astype(np.uint8)
+    text = (DATA / "text8" / "valid.txt").read_bytes()[:3000]
+    return {
+        "lzma": (text, amdcompress.compress(text, model="lzma")),
+        "store": (text[:200], amdcompress.compress(text[:200], model="store")),
+        "jxl": (png_bytes(img, "RGB"), amdcompress.compress(png_bytes(img, "RGB"), model="jxl")),
+    }
+
+
+_FUZZ = _fuzz_sources()
+
+
+def _decoded_or_error(blob: bytes, original: bytes, kind: str):
+    """A damaged file must raise AmdError or decode to exactly the original."""
+    try:
+        out = amdcompress.decompress(blob)
+    except AmdError:
+        return
+    if kind == "jxl":
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(out))), np.asarray(Image.open(io.BytesIO(original))))
+    else:
+        assert out == original
+
+
+@given(which=st.sampled_from(sorted(_FUZZ)), data=st.data())
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_fuzz_bit_flips(which, data):
+    original, blob = _FUZZ[which]
+    flips = data.draw(st.lists(st.integers(0, 8 * len(blob) - 1), min_size=1, max_size=4))
+    b = bytearray(blob)
+    for f in flips:
+        b[f // 8] ^= 1 << (f % 8)
+    _decoded_or_error(bytes(b), original, which)
+
+
+@given(which=st.sampled_from(sorted(_FUZZ)), data=st.data())
+@settings(max_examples=80, deadline=None)
+def test_fuzz_truncation_and_extension(which, data):
+    original, blob = _FUZZ[which]
+    cut = data.draw(st.integers(0, len(blob) - 1))
+    with pytest.raises(AmdError):
+        amdcompress.decompress(blob[:cut])
+    with pytest.raises(AmdError):
+        amdcompress.decompress(blob + data.draw(st.binary(min_size=1, max_size=8)))
