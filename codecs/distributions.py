@@ -23,25 +23,30 @@ MAX_ALPHABET = 1 << 16
 _LN2_HI = 6.93147180369123816490e-01
 _LN2_LO = 1.90821492927058770002e-10
 _INV_LN2 = 1.44269504088896338700e00
-# Taylor coefficients 1/n! for exp on |r| <= ln2/2 (error < 1e-17 relative).
-_EXP_COEFFS = [1.0 / float(np.prod(np.arange(1, n + 1, dtype=np.float64))) for n in range(14)]
+# Taylor coefficients 1/n! for exp on |r| <= ln2/2: degree 10, relative error
+# below 2e-12, far finer than the 24-bit tables built from it.
+_EXP_COEFFS = [1.0 / float(np.prod(np.arange(1, n + 1, dtype=np.float64))) for n in range(11)]
 
 
 def det_exp(x: np.ndarray) -> np.ndarray:
     """exp(x) in float64 from correctly rounded operations only: bit-identical on
-    every IEEE-754 machine. Relative error below 1e-15; clamps to [-740, 705]."""
+    every IEEE-754 machine. Relative error below 2e-12; clamps to [-740, 705]."""
     x = np.clip(np.asarray(x, dtype=np.float64), -740.0, 705.0)
     k = np.rint(x * _INV_LN2)
-    r = (x - k * _LN2_HI) - k * _LN2_LO
+    r = x - k * _LN2_HI
+    r -= k * _LN2_LO
     p = np.full_like(r, _EXP_COEFFS[-1])
     for c in reversed(_EXP_COEFFS[:-1]):
-        p = p * r + c
-    return np.ldexp(p, k.astype(np.int32))
+        p *= r
+        p += c
+    return np.ldexp(p, k.astype(np.int32), out=p)
 
 
 def det_sigmoid(x: np.ndarray) -> np.ndarray:
     """1 / (1 + exp(-x)) with :func:`det_exp`."""
-    return 1.0 / (1.0 + det_exp(-np.asarray(x, dtype=np.float64)))
+    e = det_exp(-np.asarray(x, dtype=np.float64))
+    e += 1.0
+    return np.reciprocal(e, out=e)
 
 
 def _as_f64(a) -> np.ndarray:
@@ -123,17 +128,28 @@ def logistic_mixture_weights(
 
 
 def _mixture_mass(x, mu, inv_s, pi, lo=None, hi=None):
+    """Mass of each bin of ``x`` (N, K); when the bins of a row are consecutive
+    integers, each CDF edge is evaluated once."""
+    consecutive = x.shape[1] > 1 and bool(np.all(x[:, 1:] - x[:, :-1] == 1.0))
     out = np.zeros(x.shape, dtype=np.float64)
     for j in range(mu.shape[1]):  # fixed summation order over components
         s = inv_s[:, j : j + 1]
-        c = (x - mu[:, j : j + 1]) * s
-        upper = det_sigmoid(c + 0.5 * s)
-        lower = det_sigmoid(c - 0.5 * s)
+        if consecutive:
+            edges = np.concatenate([x[:, :1] - 0.5, x + 0.5], axis=1)
+            cdf = det_sigmoid((edges - mu[:, j : j + 1]) * s)
+            upper, lower = cdf[:, 1:], cdf[:, :-1]
+        else:
+            c = (x - mu[:, j : j + 1]) * s
+            upper = det_sigmoid(c + 0.5 * s)
+            lower = det_sigmoid(c - 0.5 * s)
         if hi is not None:
             upper = np.where(x >= hi, 1.0, upper)
         if lo is not None:
             lower = np.where(x <= lo, 0.0, lower)
-        out = out + pi[:, j : j + 1] * np.maximum(upper - lower, 0.0)
+        mass = upper - lower
+        np.maximum(mass, 0.0, out=mass)
+        mass *= pi[:, j : j + 1]
+        out += mass
     return out
 
 

@@ -164,7 +164,7 @@ def _load_learned() -> None:
     """Import the learned-model backends that are installed (each registers itself)."""
     import importlib
 
-    for mod in ("amdcompress.learned",):
+    for mod in ("amdcompress.learned", "amdcompress.learned_text"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

@@ -1,0 +1,185 @@
+"""Merge every benchmark result file into one markdown report and one bar chart.
+
+    python benchmarks/report.py [--results DIR]
+
+Reads every ``DIR/*.json`` (default ``benchmarks/results``) that holds rows in the
+schema below, and writes ``DIR/report.md`` (one table per domain, sorted by bits
+per dimension, with each source file's provenance under the table) and
+``DIR/report.png`` (one horizontal bar chart per domain). Files in another shape
+are skipped with a warning, so any benchmark can add its own file next to
+``classical.json`` and appear in the same report.
+
+Result file schema
+------------------
+A JSON object ``{"meta": {...}, "rows": [row, ...]}`` (a bare list of rows is
+accepted too, without provenance).
+
+Each row, required keys:
+
+=============  ===============================================================
+domain         "image" or "text"
+codec          name shown in the report, e.g. "JPEG-XL", "amdcompress-idf"
+setting        "per-image" (one file per image), "strip" (whole set in one
+               file), "file" (text: the whole file), or any short label
+bytes          total compressed size in bytes (int)
+dims           number of dimensions coded: subpixels for images, characters
+               for text (int)
+bits_per_dim   8 * bytes / dims (bpd for images, bpc for text)
+encode_s       wall time to encode everything, seconds
+decode_s       wall time to decode everything, seconds
+verified       true only if every encoding was decoded and compared exactly
+=============  ===============================================================
+
+Optional row keys: ``encode_MBps``/``decode_MBps`` (raw input MB per second),
+``params`` (exact settings and library versions), ``layout``, ``items``, ``note``.
+
+Optional ``meta`` keys used here: ``data`` — either ``{domain: {"file", "sha256",
+"split"}}`` or top-level ``{"file", "sha256", "split"}``; ``machine`` (dict or
+str), ``commit``, ``date``, ``notes`` (``{domain: [str, ...]}``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_RESULTS = Path(__file__).resolve().parent / "results"
+REQUIRED = ("domain", "codec", "setting", "bytes", "dims", "bits_per_dim", "encode_s", "decode_s", "verified")
+DOMAINS = {"image": ("Images", "bits/dim"), "text": ("Text", "bits/char")}
+
+
+def load_results(results_dir: Path) -> list[tuple[str, dict, list[dict]]]:
+    """(file name, meta, rows) for every JSON file in the row schema, sorted by name."""
+    found = []
+    for path in sorted(results_dir.glob("*.json")):
+        try:
+            obj = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            print(f"warning: skipping {path.name}: {e}", file=sys.stderr)
+            continue
+        meta, rows = ({}, obj) if isinstance(obj, list) else (obj.get("meta") or {}, obj.get("rows"))
+        if not isinstance(rows, list) or not rows or not all(
+                isinstance(r, dict) and all(k in r for k in REQUIRED) for r in rows):
+            print(f"warning: skipping {path.name}: not in the benchmark row schema", file=sys.stderr)
+            continue
+        found.append((path.name, meta, rows))
+    return found
+
+
+def _fmt(x, digits=2) -> str:
+    if x is None:
+        return ""
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    if isinstance(x, int):
+        return f"{x:,}"
+    return str(x)
+
+
+def _cell(text: str) -> str:
+    """A markdown table cell: pipes escaped, newlines flattened."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _data_info(meta: dict, domain: str) -> dict:
+    data = meta.get("data") or {}
+    return data.get(domain, data) if isinstance(data, dict) else {"file": str(data)}
+
+
+def provenance(name: str, meta: dict, domain: str) -> str:
+    """One line: where the rows of ``name`` for ``domain`` came from."""
+    d = _data_info(meta, domain)
+    m = meta.get("machine")
+    if isinstance(m, dict):
+        m = f"{m.get('cpu') or m.get('machine', '?')}, {m.get('cpu_count', '?')} CPUs, {m.get('system', '')} {m.get('release', '')}".strip()
+    sha = d.get("sha256")
+    parts = [
+        f"data `{d.get('file', '?')}`" + (f" (sha256 `{sha[:16]}…`)" if sha else ""),
+        f"split: {d.get('split', '?')}",
+        f"machine: {m or '?'}",
+        f"python {meta['python']}" if meta.get("python") else None,
+        f"commit: `{meta.get('commit') or 'unknown'}`",
+        f"date: {meta.get('date', '?')}",
+    ]
+    return f"`{name}` — " + "; ".join(p for p in parts if p)
+
+
+def markdown(results: list[tuple[str, dict, list[dict]]]) -> str:
+    """The report: a table per domain sorted by bits/dim, provenance and notes under it."""
+    out = ["# Lossless compression benchmarks", ""]
+    for domain, (title, unit) in DOMAINS.items():
+        rows = [(name, r) for name, _, rs in results for r in rs if r["domain"] == domain]
+        if not rows:
+            continue
+        rows.sort(key=lambda nr: nr[1]["bits_per_dim"])
+        out += [f"## {title}", "",
+                f"| codec | setting | {unit} | bytes | dims | encode s | decode s | encode MB/s | decode MB/s | verified | source | params |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|"]
+        for name, r in rows:
+            out.append("| " + " | ".join(_cell(c) for c in [
+                r["codec"], r["setting"], f"{r['bits_per_dim']:.3f}", _fmt(r["bytes"]), _fmt(r["dims"]),
+                _fmt(r["encode_s"]), _fmt(r["decode_s"]), _fmt(r.get("encode_MBps")), _fmt(r.get("decode_MBps")),
+                "yes" if r["verified"] else "**NO**", name,
+                (r.get("params") or "") + (f"; layout {r['layout']}" if r.get("layout") and r["setting"] == "strip" else ""),
+            ]) + " |")
+        out.append("")
+        for name, meta, rs in results:
+            if any(r["domain"] == domain for r in rs):
+                out.append(f"Provenance: {provenance(name, meta, domain)}  ")
+                for note in (meta.get("notes") or {}).get(domain, []):
+                    out.append(f"Note: {note}  ")
+        out.append("")
+    return "\n".join(out)
+
+
+def plot(results: list[tuple[str, dict, list[dict]]], path: Path) -> None:
+    """Horizontal bar chart of bits/dim, one panel per domain present (matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []
+    for domain, (title, unit) in DOMAINS.items():
+        rows = sorted((r for _, _, rs in results for r in rs if r["domain"] == domain),
+                      key=lambda r: r["bits_per_dim"], reverse=True)
+        if rows:
+            panels.append((title, unit, rows))
+    heights = [max(2, 0.32 * len(rows) + 1) for _, _, rows in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, sum(heights) + 0.5),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for ax, (title, unit, rows) in zip(axes[:, 0], panels):
+        labels = [f"{r['codec']} ({r['setting']})" for r in rows]
+        values = [r["bits_per_dim"] for r in rows]
+        colors = ["tab:orange" if not r["codec"].startswith(("amdcompress", "AMD")) else "tab:blue" for r in rows]
+        bars = ax.barh(labels, values, color=colors)
+        ax.bar_label(bars, labels=[f"{v:.3f}" for v in values], padding=3, fontsize=8)
+        ax.set_xlabel(unit)
+        ax.set_title(title)
+        ax.set_xlim(0, max(values) * 1.15)
+        ax.tick_params(axis="y", labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Merge benchmarks/results/*.json into report.md and report.png")
+    p.add_argument("--results", default=str(DEFAULT_RESULTS), help="results directory (default: benchmarks/results)")
+    args = p.parse_args(argv)
+    results_dir = Path(args.results)
+    results = load_results(results_dir)
+    if not results:
+        print(f"error: no result files in the row schema under {results_dir}", file=sys.stderr)
+        return 1
+    md = markdown(results)
+    (results_dir / "report.md").write_text(md + "\n")
+    plot(results, results_dir / "report.png")
+    print(md)
+    print(f"wrote {results_dir / 'report.md'} and {results_dir / 'report.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Text for categorical models: bytes <-> symbols of the text8 alphabet plus escapes.
+
+The learned text models see only the 27 symbols ``' '`` (0) and ``a``-``z``
+(1-26). Every other byte (capitals, digits, punctuation, newlines, UTF-8) is
+an *escape*: it is removed from the model's stream and stored separately as
+(gap, byte) pairs compressed with LZMA2, so any byte string round-trips through
+any text model and the model never has to fail. Shared by every text model.
+"""
+from __future__ import annotations
+
+import lzma
+
+import numpy as np
+
+from .errors import AmdError
+
+ALPHABET = b" abcdefghijklmnopqrstuvwxyz"
+K = len(ALPHABET)
+_LUT = np.full(256, -1, dtype=np.int16)
+_LUT[np.frombuffer(ALPHABET, dtype=np.uint8)] = np.arange(K)
+_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    n = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 56:
+            raise AmdError("corrupt payload: bad escape table")
+        b = buf[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return n, pos
+        shift += 7
+
+
+def escape_fraction(raw: np.ndarray) -> float:
+    """Share of bytes outside the alphabet (0.0 for pure text8)."""
+    return float((_LUT[raw] < 0).mean()) if raw.size else 0.0
+
+
+def split(raw: np.ndarray) -> tuple[np.ndarray, bytes]:
+    """uint8 bytes -> (symbols in 0..26, escape blob). ``join`` inverts it."""
+    codes = _LUT[np.asarray(raw, dtype=np.uint8)]
+    esc = np.flatnonzero(codes < 0)
+    symbols = codes[codes >= 0].astype(np.int64)
+    if esc.size == 0:
+        return symbols, b""
+    gaps = np.diff(esc, prepend=-1) - 1
+    table = bytearray(_varint(len(esc)))
+    for g in gaps.tolist():
+        table += _varint(g)
+    table += raw[esc].tobytes()
+    return symbols, lzma.compress(bytes(table), format=lzma.FORMAT_RAW, filters=_FILTERS)
+
+
+def join(symbols: np.ndarray, escapes: bytes, n: int) -> np.ndarray:
+    """Inverse of :func:`split` for an original of ``n`` bytes."""
+    out = np.empty(n, dtype=np.uint8)
+    mask = np.ones(n, dtype=bool)
+    if escapes:
+        try:
+            table = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_FILTERS).decompress(escapes, max_length=12 * n + 16)
+        except lzma.LZMAError:
+            raise AmdError("corrupt payload: bad escape table") from None
+        count, pos = _read_varint(table, 0)
+        if count > n:
+            raise AmdError("corrupt payload: bad escape table")
+        gaps = []
+        for _ in range(count):
+            g, pos = _read_varint(table, pos)
+            gaps.append(g)
+        values = table[pos : pos + count]
+        where = np.cumsum(np.asarray(gaps, dtype=np.int64) + 1) - 1
+        if len(values) != count or (count and where[-1] >= n):
+            raise AmdError("corrupt payload: bad escape table")
+        out[where] = np.frombuffer(values, dtype=np.uint8)
+        mask[where] = False
+    symbols = np.asarray(symbols, dtype=np.int64)
+    if symbols.size != int(mask.sum()) or (symbols.size and (symbols.min() < 0 or symbols.max() >= K)):
+        raise AmdError("corrupt payload: text length mismatch")
+    out[mask] = np.frombuffer(ALPHABET, dtype=np.uint8)[symbols]
+    return out
+
+
+def pack(model_stream: bytes, escapes: bytes) -> bytes:
+    """A text model's payload: varint(len(model_stream)) + model_stream + escapes."""
+    return _varint(len(model_stream)) + model_stream + escapes
+
+
+def unpack(payload: bytes) -> tuple[bytes, bytes]:
+    n, pos = _read_varint(payload, 0)
+    if pos + n > len(payload):
+        raise AmdError("corrupt payload: truncated model stream")
+    return payload[pos : pos + n], payload[pos + n :]

@@ -1,0 +1,324 @@
+"""Integer Discrete Flows (Hoogeboom et al. 2019) for 8-bit images.
+
+The flow is an exact bijection on integer tensors, so the likelihood of an
+image is the likelihood of its latents: ``log P(x) = sum log P(z)``, and coding
+needs no bits-back (see :mod:`.idf_coding`).
+
+Structure, for ``levels`` levels (an image ``x`` of ``C`` channels, centered as
+``x - 128``)::
+
+    for level l:  squeeze 2x2 (channels x4)
+                  couplings: permute channels (fixed, seeded), z_b = x_b + round(t(x_a))
+                  l < levels-1: factor out half the channels, coded under a
+                      discretized logistic mixture whose parameters a conv net
+                      computes from the kept half; the kept half goes on
+                  top level: split in halves a, b: b | a under a conditional
+                      mixture (conv net on a), a under learned per-channel
+                      constants
+
+One definition of the distributions serves training (:meth:`IDF.forward`, the
+negative log-likelihood in bits per dimension, float32) and coding
+(:meth:`IDF.analyse` and the per-level inverse used by the decoder).
+Parameters of every coded part have the shape ``(N, c, h, w, K)``, so that
+``z.reshape(-1)`` and ``params.reshape(-1, K)`` line up symbol for symbol.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Bounds shared with the coder: translations are clamped to +-T_MAX, latents
+# must stay inside [-2**15, 2**15 - 1] (the coder's escape range).
+T_MAX = 4096.0
+LOG_SCALE_MIN, LOG_SCALE_MAX = -7.0, 12.0  # same clamp as codecs.distributions
+CENTER = 128
+
+DEFAULT_CONFIG = {
+    "arch": "idf",
+    "version": 1,
+    "in_channels": 3,
+    "levels": 3,
+    "couplings": [4, 4, 4],     # per level
+    "width": [96, 96, 96],      # coupling-net width per level
+    "blocks": 1,                # residual blocks per coupling net
+    "block_kernels": [3, 3],    # kernel sizes of the two convs of a residual block
+    "prior_width": [96, 96, 96],  # prior-net width per level (last: top b|a net)
+    "prior_blocks": 1,
+    "mixtures": 5,              # logistic components of every prior
+    "in_scale": 1.0 / 64,       # net input = latent * in_scale
+    "t_scale": 32.0,            # translation = net output * t_scale (integer units)
+    "mu_scale": 32.0,           # prior mean = net output * mu_scale
+    "seed": 0,                  # seeds the channel permutations
+    "perms": None,              # filled in by make_config
+}
+
+
+def make_config(**overrides) -> dict:
+    """A complete config: defaults, overrides, and the seeded permutations."""
+    cfg = dict(DEFAULT_CONFIG)
+    cfg.update(overrides)
+    L = cfg["levels"]
+    for key in ("couplings", "width", "prior_width"):
+        v = cfg[key]
+        if isinstance(v, int):
+            cfg[key] = [v] * L
+        if len(cfg[key]) != L:
+            raise ValueError(f"config {key!r} needs {L} entries")
+    if cfg.get("perms") is None:
+        rng = random.Random(cfg["seed"])
+        perms = []
+        c = cfg["in_channels"]
+        for lev in range(L):
+            c *= 4
+            level_perms = []
+            for _ in range(cfg["couplings"][lev]):
+                p = list(range(c))
+                rng.shuffle(p)
+                level_perms.append(p)
+            perms.append(level_perms)
+            c //= 2
+        cfg["perms"] = perms
+    return cfg
+
+
+def level_channels(cfg: dict) -> list[int]:
+    """Channels after the squeeze of each level."""
+    out, c = [], cfg["in_channels"]
+    for _ in range(cfg["levels"]):
+        c *= 4
+        out.append(c)
+        c //= 2
+    return out
+
+
+# ---------------------------------------------------------------------------
+# building blocks
+
+
+def squeeze(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N, 4C, H/2, W/2); channel index = c*4 + 2*dy + dx."""
+    n, c, h, w = x.shape
+    x = x.reshape(n, c, h // 2, 2, w // 2, 2)
+    return x.permute(0, 1, 3, 5, 2, 4).reshape(n, c * 4, h // 2, w // 2)
+
+
+def unsqueeze(x: torch.Tensor) -> torch.Tensor:
+    n, c, h, w = x.shape
+    x = x.reshape(n, c // 4, 2, 2, h, w)
+    return x.permute(0, 1, 4, 2, 5, 3).reshape(n, c // 4, h * 2, w * 2)
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round to the nearest integer (ties to even) with a straight-through gradient."""
+    return x + (torch.round(x) - x).detach()
+
+
+class ResNet(nn.Module):
+    """conv3x3 -> [ReLU, conv3x3, ReLU, conv3x3 (+ skip)] x blocks -> ReLU -> conv3x3."""
+
+    def __init__(self, c_in: int, c_out: int, width: int, blocks: int, zero_out: bool = True, kernels=(3, 3)):
+        super().__init__()
+        k1, k2 = kernels
+        self.conv_in = nn.Conv2d(c_in, width, 3, padding=1)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.ReLU(), nn.Conv2d(width, width, k1, padding=k1 // 2),
+                          nn.ReLU(), nn.Conv2d(width, width, k2, padding=k2 // 2))
+            for _ in range(blocks)
+        )
+        self.conv_out = nn.Conv2d(width, c_out, 3, padding=1)
+        if zero_out:
+            nn.init.zeros_(self.conv_out.weight)
+            nn.init.zeros_(self.conv_out.bias)
+        else:
+            with torch.no_grad():
+                self.conv_out.weight.mul_(0.1)
+                self.conv_out.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for b in self.blocks:
+            h = h + b(h)
+        return self.conv_out(F.relu(h))
+
+
+class Coupling(nn.Module):
+    """Permute channels, then ``z_b = x_b + round(t(x_a))`` (exactly invertible)."""
+
+    def __init__(self, channels: int, perm: list[int], width: int, blocks: int, in_scale: float, t_scale: float,
+                 kernels=(3, 3)):
+        super().__init__()
+        p = torch.tensor(perm, dtype=torch.long)
+        self.register_buffer("perm", p, persistent=False)
+        self.register_buffer("inv_perm", torch.argsort(p), persistent=False)
+        self.ca = channels // 2
+        self.net = ResNet(self.ca, channels - self.ca, width, blocks, zero_out=True, kernels=kernels)
+        self.in_scale, self.t_scale = in_scale, t_scale
+
+    def translation(self, a: torch.Tensor) -> torch.Tensor:
+        t = self.net(a.contiguous() * self.in_scale) * self.t_scale
+        return torch.clamp(t, -T_MAX, T_MAX)
+
+    def forward(self, x: torch.Tensor, ste: bool = True) -> torch.Tensor:
+        x = x[:, self.perm]
+        a, b = x[:, : self.ca], x[:, self.ca :]
+        t = self.translation(a)
+        b = b + (round_ste(t) if ste else torch.round(t))
+        return torch.cat([a, b], dim=1)
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        a, b = z[:, : self.ca], z[:, self.ca :]
+        b = b - torch.round(self.translation(a))
+        return torch.cat([a, b], dim=1)[:, self.inv_perm]
+
+
+class MixturePrior(nn.Module):
+    """Conditional discretized logistic mixture: a conv net on the conditioning
+    tensor gives, for each of ``c_out`` channels, K means, log-scales, logits."""
+
+    def __init__(self, c_in: int, c_out: int, k: int, width: int, blocks: int, in_scale: float, mu_scale: float,
+                 kernels=(3, 3)):
+        super().__init__()
+        self.c_out, self.k = c_out, k
+        self.net = ResNet(c_in, 3 * k * c_out, width, blocks, zero_out=False, kernels=kernels)
+        self.in_scale, self.mu_scale = in_scale, mu_scale
+        with torch.no_grad():  # break the symmetry between components: spread the means
+            bias = self.net.conv_out.bias.view(3, c_out, k)
+            bias[0] = torch.linspace(-0.5, 0.5, k) if k > 1 else 0.0
+            bias[1] = 1.0
+
+    def forward(self, cond: torch.Tensor):
+        n, _, h, w = cond.shape
+        out = self.net(cond.contiguous() * self.in_scale)
+        out = out.view(n, 3, self.c_out, self.k, h, w).permute(1, 0, 2, 4, 5, 3)  # (3, N, c, h, w, K)
+        return out[0] * self.mu_scale, out[1], out[2]
+
+
+class ConstPrior(nn.Module):
+    """Unconditional mixture with learned per-channel constants."""
+
+    def __init__(self, c: int, k: int, mu_scale: float):
+        super().__init__()
+        self.mu = nn.Parameter(torch.linspace(-0.5, 0.5, k).repeat(c, 1) if k > 1 else torch.zeros(c, 1))
+        self.log_scale = nn.Parameter(torch.full((c, k), 3.0))
+        self.logit = nn.Parameter(torch.zeros(c, k))
+        self.mu_scale = mu_scale
+
+    def forward(self, n: int, h: int, w: int):
+        def b(p):
+            return p[None, :, None, None, :].expand(n, -1, h, w, -1)
+
+        return b(self.mu * self.mu_scale), b(self.log_scale), b(self.logit)
+
+
+def logistic_mixture_logp(z, mu, log_scale, logit) -> torch.Tensor:
+    """log P(z) (nats) of a discretized logistic mixture on integer bins
+    [z - 0.5, z + 0.5], no folding of end bins (latents have open support);
+    the formula of codecs.distributions, written stably:
+    sigma(a) - sigma(b) = sigma(a) sigma(-b) (1 - exp(b - a)).
+    z: (N, c, h, w); params: (N, c, h, w, K). Returns (N, c, h, w)."""
+    ls = torch.clamp(log_scale, LOG_SCALE_MIN, LOG_SCALE_MAX)
+    inv_s = torch.exp(-ls)
+    c = (z.unsqueeze(-1) - mu) * inv_s
+    a = c + 0.5 * inv_s
+    b = c - 0.5 * inv_s
+    log_bin = F.logsigmoid(a) + F.logsigmoid(-b) + torch.log(-torch.expm1(-inv_s))
+    return torch.logsumexp(log_bin + F.log_softmax(logit, dim=-1), dim=-1)
+
+
+@dataclass
+class Part:
+    """One coded piece of the latent: integers ``z`` (N, c, h, w) and the
+    mixture parameters it is coded with (each (N, c, h, w, K))."""
+
+    z: torch.Tensor
+    mu: torch.Tensor
+    log_scale: torch.Tensor
+    logit: torch.Tensor
+
+
+class IDF(nn.Module):
+    def __init__(self, config: dict | None = None):
+        super().__init__()
+        cfg = make_config(**(config or {})) if config is None or config.get("perms") is None else dict(config)
+        self.config = cfg
+        L, K = cfg["levels"], cfg["mixtures"]
+        chans = level_channels(cfg)
+        self.chans = chans
+        self.levels = nn.ModuleList()
+        self.priors = nn.ModuleList()
+        for lev in range(L):
+            c = chans[lev]
+            self.levels.append(
+                nn.ModuleList(
+                    Coupling(c, cfg["perms"][lev][i], cfg["width"][lev], cfg["blocks"], cfg["in_scale"], cfg["t_scale"],
+                             cfg["block_kernels"])
+                    for i in range(cfg["couplings"][lev])
+                )
+            )
+            # factor-out prior (levels < L-1) or top b|a prior (last level): c/2 -> c/2
+            self.priors.append(
+                MixturePrior(c // 2, c - c // 2, K, cfg["prior_width"][lev], cfg["prior_blocks"], cfg["in_scale"],
+                             cfg["mu_scale"], cfg["block_kernels"])
+            )
+        self.top_prior = ConstPrior(chans[-1] // 2, K, cfg["mu_scale"])
+
+    @property
+    def multiple(self) -> int:
+        """Image sides must be multiples of this (pad first)."""
+        return 2 ** self.config["levels"]
+
+    # -- the flow, image -> parts (training and encoder) ----------------------
+    def analyse(self, x: torch.Tensor, ste: bool = True) -> list[Part]:
+        """Centered integer images (N, C, H, W) as float -> the coded parts in
+        the decoder's pop order: top a, top b|a, then factor-outs from the
+        deepest level down to level 0."""
+        parts: list[Part] = []
+        L = len(self.levels)
+        for lev in range(L):
+            x = squeeze(x)
+            for cpl in self.levels[lev]:
+                x = cpl(x, ste)
+            half = x.shape[1] // 2
+            keep, out = x[:, :half], x[:, half:]
+            parts.append(Part(out, *self.priors[lev](keep)))
+            if lev == L - 1:
+                n, _, h, w = keep.shape
+                parts.append(Part(keep, *self.top_prior(n, h, w)))
+            x = keep
+        return parts[::-1]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Centered images (N, C, H, W) float -> (mean bits/dim, bits per image (N,))."""
+        parts = self.analyse(x, ste=True)
+        nats = sum(logistic_mixture_logp(p.z, p.mu, p.log_scale, p.logit).flatten(1).sum(1) for p in parts)
+        bits = -nats / math.log(2.0)
+        dims = x[0].numel()
+        return bits.mean() / dims, bits
+
+    # -- decoder steps ------------------------------------------------------
+    def top_shape(self, n: int, h: int, w: int) -> tuple[int, int, int, int]:
+        """Shape of the top 'a' latent for padded images of size h x w."""
+        f = 2 ** len(self.levels)
+        return (n, self.chans[-1] // 2, h // f, w // f)
+
+    def invert_level(self, lev: int, keep: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Inverse of level ``lev``: (kept, factored) halves -> the level's input."""
+        x = torch.cat([keep, out], dim=1)
+        for cpl in reversed(self.levels[lev]):
+            x = cpl.inverse(x)
+        return unsqueeze(x)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def to_input(images_nhwc) -> torch.Tensor:
+    """uint8 (N, H, W, C) array/tensor -> centered float32 (N, C, H, W)."""
+    t = torch.as_tensor(images_nhwc)
+    return t.permute(0, 3, 1, 2).to(torch.float32) - CENTER
