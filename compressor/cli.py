@@ -91,6 +91,8 @@ def _progress_factory(quiet: bool):
 
 
 def _fail(name: str, err: Exception) -> None:
+    if not isinstance(err, AmdError):  # a bug of ours: still one line, never a traceback
+        err = AmdError(f"internal error ({type(err).__name__}: {err}); please report it")
     click.echo(f"amdcompress: {name}: {err}", err=True)
     raise SystemExit(1)
 
@@ -116,7 +118,7 @@ def encode(input: str, output: str | None, to_stdout: bool, model: str, force: b
         raw = _read_input(input)
         blob = api.compress(raw, model=model, progress=_progress_factory(quiet))
         _write_output(blob, output, input, force, binary_to_tty_ok=False)
-    except AmdError as e:
+    except Exception as e:  # AmdError, or a bug reported in one line
         _fail(input if input != STDIO else "stdin", e)
     if not quiet and output != STDIO and sys.stderr.isatty():
         i = api.info(blob)
@@ -142,7 +144,7 @@ def decode(input: str, output: str | None, to_stdout: bool, force: bool, quiet: 
     try:
         raw = api.decompress(_read_input(input), progress=_progress_factory(quiet))
         _write_output(raw, output, input, force, binary_to_tty_ok=True)
-    except AmdError as e:
+    except Exception as e:  # AmdError, or a bug reported in one line
         _fail(name, e)
 
 
@@ -210,6 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("amdcompress: interrupted", err=True)
         return 130
+    except BrokenPipeError:  # e.g. `amdcompress decode x.amd -c | head`
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 1
     return 0
 
 
