@@ -47,8 +47,8 @@ def _frame(backend, data: formats.Data, payload: bytes) -> bytes:
 
 def compress(raw: bytes, model: str = AUTO, progress: Callable | None = None) -> bytes:
     """Compress file bytes with ``model`` (a backend name, or ``auto``: every
-    available backend that accepts the input is tried and the smallest file
-    kept, so auto is never worse than the classical fallbacks)."""
+    available backend that accepts the input for auto is tried and the smallest
+    file kept, so auto is never worse than the classical fallbacks)."""
     data = formats.sniff(bytes(raw))
     if model != AUTO:
         backend = backends.by_name(model)
@@ -58,7 +58,8 @@ def compress(raw: bytes, model: str = AUTO, progress: Callable | None = None) ->
         return _frame(backend, data, backend.encode(data, progress))
     best = None
     for backend in backends.all_backends():
-        if not backend.accepts(data):
+        # a backend may narrow what auto tries (e.g. a model too slow to try on spec)
+        if not getattr(backend, "auto_accepts", backend.accepts)(data):
             continue
         try:
             blob = _frame(backend, data, backend.encode(data, progress))

@@ -41,6 +41,8 @@ class Backend(Protocol):
 
     def weights_tag(self) -> bytes: ...
     def accepts(self, data: Data) -> bool: ...
+    # optional: ``auto_accepts(data) -> bool`` narrows what ``--model auto`` tries
+    # (default: accepts), e.g. for a model too slow to try speculatively.
     def encode(self, data: Data, progress: Callable[[int], Progress] | None = None) -> bytes: ...
     def decode(self, payload: bytes, kind: int, shape: tuple[int, ...],
                progress: Callable[[int], Progress] | None = None) -> np.ndarray: ...
@@ -167,7 +169,7 @@ def _load_learned() -> None:
     """Import the learned-model backends that are installed (each registers itself)."""
     import importlib
 
-    for mod in ("amdcompress.learned", "amdcompress.learned_text"):
+    for mod in ("amdcompress.learned", "amdcompress.learned_text", "amdcompress.learned_diffusion"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

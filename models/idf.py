@@ -28,6 +28,7 @@ import math
 import random
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -43,11 +44,11 @@ DEFAULT_CONFIG = {
     "version": 1,
     "in_channels": 3,
     "levels": 3,
-    "couplings": [4, 4, 4],     # per level
-    "width": [96, 96, 96],      # coupling-net width per level
-    "blocks": 1,                # residual blocks per coupling net
-    "block_kernels": [3, 3],    # kernel sizes of the two convs of a residual block
-    "prior_width": [96, 96, 96],  # prior-net width per level (last: top b|a net)
+    "couplings": [4, 6, 6],     # per level
+    "width": [48, 96, 128],     # coupling-net width per level
+    "blocks": 1,                # residual blocks per net
+    "block_kernels": [3, 1],    # kernel sizes of the two convs of a residual block
+    "prior_width": [80, 128, 128],  # prior-net width per level (last: top b|a net)
     "prior_blocks": 1,
     "mixtures": 5,              # logistic components of every prior
     "in_scale": 1.0 / 64,       # net input = latent * in_scale
@@ -320,5 +321,8 @@ def count_params(model: nn.Module) -> int:
 
 def to_input(images_nhwc) -> torch.Tensor:
     """uint8 (N, H, W, C) array/tensor -> centered float32 (N, C, H, W)."""
-    t = torch.as_tensor(images_nhwc)
+    if isinstance(images_nhwc, torch.Tensor):
+        t = images_nhwc
+    else:
+        t = torch.from_numpy(np.array(images_nhwc, dtype=np.uint8, copy=True))
     return t.permute(0, 3, 1, 2).to(torch.float32) - CENTER

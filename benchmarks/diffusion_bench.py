@@ -1,0 +1,205 @@
+"""Benchmark the diffusion text backend: real .amd sizes, ELBO, speed, per chain length.
+
+    python benchmarks/diffusion_bench.py                       # defaults below, a few minutes on one core
+    python benchmarks/diffusion_bench.py --chars 20000 --steps 25,50,100,250
+
+Writes ``benchmarks/results/diffusion.json`` in the row schema of
+``benchmarks/report.py``. Rows:
+
+* one per chain length (``--steps``) on the first ``--chars`` characters of
+  text8 valid.txt: bytes of the whole .amd file (headers included), bits per
+  char from those bytes, the chain's ELBO in bits per char (KL form, estimated
+  with the encoder's own samples: what the coder spends on average), encode and
+  decode wall time through the public API (one torch thread, as coding always
+  is), and a byte-exact check of the decoded file;
+* initial-bits overhead rows (``--overhead-sizes``, default 1 KB and 20 KB, at
+  ``--overhead-steps``): how much more than the ELBO a short file costs.
+
+The prefix is short because coding runs the network once per chain step over
+every character (CPU, one thread); classical codecs on the same prefix are
+given in each row (``bzip2_same_prefix_bpc``, ``lzma_same_prefix_bpc``)
+since their rates on a short prefix differ from the full-file rows.
+"""
+from __future__ import annotations
+
+import argparse
+import bz2
+import datetime as _dt
+import hashlib
+import json
+import lzma
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "benchmarks" / "results"
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+TEXT_FILE = "text8/valid.txt"
+
+
+def sha256_bytes(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def git_commit() -> str | None:
+    try:
+        run = lambda *a: subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True,
+                                        timeout=10, check=True).stdout.strip()
+        return run("rev-parse", "--short", "HEAD") + ("+dirty" if run("status", "--porcelain",
+                                                                      "--untracked-files=no") else "")
+    except Exception:
+        return None
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    u = platform.uname()
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "system": u.system, "machine": u.machine}
+    try:
+        info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    return info
+
+
+def bench_one(raw: bytes, steps: int, setting: str, model_bytes: int, weights: dict) -> dict:
+    import numpy as np
+
+    from amdcompress import api, backends, formats, learned_diffusion
+
+    backend = backends.by_name("diffusion")
+    learned_diffusion.STEPS = steps
+    data = formats.sniff(raw)
+    stats: dict = {}
+    t0 = time.perf_counter()
+    payload = backend.encode(data, stats=stats)
+    blob = api._frame(backend, data, payload)  # exactly what api.compress writes
+    enc = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    back = api.decompress(blob)
+    dec = time.perf_counter() - t0
+    n = len(raw)
+    elbo_bpc = stats["elbo_bits"] / n
+    chain_bpc = stats["ideal_bits"] / n
+    bpc = 8.0 * len(blob) / n
+    return {
+        "domain": "text",
+        "codec": "amdcompress-diffusion",
+        "setting": setting,
+        "bytes": len(blob),
+        "dims": n,
+        "bits_per_dim": round(bpc, 5),
+        "elbo_bpc": round(elbo_bpc, 5),
+        "overhead_vs_elbo": round(bpc / elbo_bpc - 1.0, 5),
+        "chain_bpc": round(chain_bpc, 5),
+        "overhead_vs_chain": round(bpc / chain_bpc - 1.0, 5),
+        "encode_s": round(enc, 3),
+        "decode_s": round(dec, 3),
+        "encode_chars_per_s": round(n / enc, 1),
+        "decode_chars_per_s": round(n / dec, 1),
+        "encode_MBps": round(n / enc / 1e6, 6),
+        "decode_MBps": round(n / dec / 1e6, 6),
+        "model_bytes": model_bytes,
+        "verified": back == raw,
+        "bzip2_same_prefix_bpc": round(8.0 * len(bz2.compress(raw, 9)) / n, 4),
+        "lzma_same_prefix_bpc": round(8.0 * len(lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME)) / n, 4),
+        "params": (f"{steps} of T={weights['config']['T']} steps, {len(stats['generations'])} generations, "
+                   f"1 torch thread, diffusion-v1.pt sha256 {weights['sha256'][:12]} "
+                   f"({weights.get('minutes')} min trained, valid ELBO {weights.get('valid_elbo_bpc')} bpc)"),
+        "items": 1,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", help="data directory (default: $AMDCOMPRESS_DATA or ../shared/data)")
+    p.add_argument("--out", default=str(DEFAULT_OUT))
+    p.add_argument("--chars", type=int, default=4096, help="prefix of valid.txt for the per-steps rows")
+    p.add_argument("--steps", default="25,50,100", help="chain lengths, comma-separated")
+    p.add_argument("--overhead-sizes", default="1024,20480", help="file sizes for the initial-bits rows ('' to skip)")
+    p.add_argument("--overhead-steps", type=int, default=10)
+    a = p.parse_args(argv)
+
+    import importlib.metadata
+
+    import numpy as np
+    import torch
+
+    from amdcompress.models import diffusion, registry
+
+    data_dir = Path(a.data or os.environ.get("AMDCOMPRESS_DATA") or DEFAULT_DATA)
+    path = data_dir / TEXT_FILE
+    text = path.read_bytes()
+    if not diffusion.weights_available():
+        print("error: the diffusion weights are not installed (models/weights/diffusion-v1.*)", file=sys.stderr)
+        return 2
+    rec = registry.record(diffusion.WEIGHTS_NAME)
+    model_bytes = registry.weights_path(diffusion.WEIGHTS_NAME).stat().st_size
+    torch.set_num_threads(1)
+
+    rows = []
+    start = time.perf_counter()
+    jobs = [(int(s), a.chars, f"{int(s)} steps, first {a.chars:,} chars of valid.txt") for s in a.steps.split(",") if s]
+    jobs += [(a.overhead_steps, int(n), f"{a.overhead_steps} steps, {int(n) // 1024} KB file (initial-bits overhead)")
+             for n in a.overhead_sizes.split(",") if n]
+    for steps, n, setting in jobs:
+        r = bench_one(text[:n], steps, setting, model_bytes, rec)
+        rows.append(r)
+        print(f"{setting:52s} {r['bytes']:6d} B {r['bits_per_dim']:.4f} bpc  ELBO {r['elbo_bpc']:.4f}  "
+              f"chain {r['chain_bpc']:.4f} (+{100 * r['overhead_vs_chain']:.2f}%)  "
+              f"enc {r['encode_s']:.1f}s dec {r['decode_s']:.1f}s  "
+              f"({r['encode_chars_per_s']:.0f}/{r['decode_chars_per_s']:.0f} chars/s)  verified={r['verified']}",
+              flush=True)
+    total = time.perf_counter() - start
+    meta = {
+        "benchmark": "diffusion",
+        "data": {"file": TEXT_FILE, "path": str(path), "sha256": sha256_bytes(text),
+                 "split": f"text8 valid (characters 10,000,000.. of text8): prefixes of {a.chars:,} chars "
+                          f"(per-steps rows) and {a.overhead_sizes} chars (overhead rows)"},
+        "machine": machine_info(),
+        "python": platform.python_version(),
+        "libraries": {"torch": torch.__version__, "numpy": np.__version__,
+                      "constriction": importlib.metadata.version("constriction")},
+        "commit": git_commit(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "total_s": round(total, 1),
+        "weights": {k: rec.get(k) for k in ("file", "sha256", "params", "steps", "minutes", "device",
+                                             "valid_elbo_bpc", "valid_chars", "note")},
+        "notes": {"text": [
+            f"amdcompress-diffusion rows: a short prefix of valid.txt (coding runs the network once per chain step "
+            f"over every char, on one CPU thread), so compare them with the same-prefix bzip2/lzma numbers in each "
+            f"row, not with the full-file rows. Weights: {rec.get('note', '')}",
+            "bits_per_dim counts every byte of the .amd file (container header, escape table, initial bits). "
+            "elbo_bpc: the chain's negative ELBO in KL form, evaluated at the encoder's own x_t samples (unbiased, "
+            "but noisy on short inputs: +-2-4% at 1-4 KB). chain_bpc: the information content of the chain the "
+            "coder actually coded (sum of -log2 of the pushed minus the popped symbols' table probabilities, "
+            "prior included): the sampled form of the same bound, what an ideal coder with no initial bits and "
+            "no header would write; overhead_vs_chain = bits_per_dim / chain_bpc - 1 isolates the initial bits "
+            "(first generation of 64 chars), the 18-byte container header and the stream header.",
+            "With the smoke-run weights the denoiser barely depends on x_t (it predicts roughly the unigram "
+            "distribution), and for an x_t-independent x0hat the bits-back chain telescopes to the unigram code "
+            "length whatever the chain: that is why the 25/50/100-step rows have the same size.",
+        ]},
+    }
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "diffusion.json.tmp"
+    tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    os.replace(tmp, out / "diffusion.json")
+    print(f"wrote {out / 'diffusion.json'} ({len(rows)} rows, {total:.0f} s)")
+    return 0 if all(r["verified"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

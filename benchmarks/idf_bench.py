@@ -1,0 +1,160 @@
+"""Benchmark the shipped IDF model through the public API: actual .amd bytes.
+
+    python benchmarks/idf_bench.py [--per-image 100] [--batch 600] [--out benchmarks/results/idf.json]
+
+Rows (schema of benchmarks/report.py):
+
+* ``batch``: the CIFAR-10 test subset as one ``.npy`` batch, one .amd file
+  (one ANS stream), header included;
+* ``per-image``: the first ``--per-image`` test images, each as its own PNG
+  compressed to its own .amd file (19 bytes of framing each).
+
+Every file is decoded and compared exactly. ``nll_bpd`` is the model's negative
+log-likelihood on the same images (what an ideal coder would spend, without
+framing); ``model_bytes`` is the size of the weights file. Coding runs with
+the coder's fixed thread count (1), so the timings are single-core.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST = Path("/work/shared/data/cifar10/test.npy")
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _commit() -> str:
+    try:
+        c = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
+        return c + ("+dirty" if dirty.strip() else "")
+    except Exception:
+        return "unknown"
+
+
+def _png(a: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=str(TEST))
+    p.add_argument("--batch", type=int, default=600, help="images in the batch row")
+    p.add_argument("--per-image", type=int, default=100, help="images in the per-image row")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "idf.json"))
+    a = p.parse_args(argv)
+
+    import torch
+
+    import amdcompress
+    from amdcompress.learned import IdfBackend
+    from amdcompress.models import idf_coding, registry
+
+    backend = IdfBackend()
+    if not registry.available(backend.weights_name):
+        print("IDF weights not installed", file=sys.stderr)
+        return 1
+    model = backend.model()
+    rec = registry.record(backend.weights_name)
+    wpath = registry.weights_path(backend.weights_name)
+    data = np.load(a.data)
+    rows = []
+
+    # -- batch: one .npy file, one stream
+    x = np.ascontiguousarray(data[: a.batch])
+    buf = io.BytesIO()
+    np.save(buf, x)
+    raw = buf.getvalue()
+    t0 = time.perf_counter()
+    blob = amdcompress.compress(raw, model="idf")
+    t1 = time.perf_counter()
+    back = amdcompress.decompress(blob)
+    t2 = time.perf_counter()
+    nll = idf_coding.model_bits(model, x)
+    dims = int(x.size)
+    rows.append({
+        "domain": "image", "codec": "amdcompress-idf", "setting": "batch", "bytes": len(blob), "dims": dims,
+        "bits_per_dim": 8 * len(blob) / dims, "encode_s": t1 - t0, "decode_s": t2 - t1,
+        "verified": back == raw, "items": len(x), "nll_bpd": nll / dims, "model_bytes": wpath.stat().st_size,
+        "encode_images_per_s": len(x) / (t1 - t0), "decode_images_per_s": len(x) / (t2 - t1),
+        "layout": f"one .npy batch {x.shape}, one .amd file",
+        "params": {"weights": rec["file"], "sha256": rec["sha256"], "steps": rec.get("steps"),
+                   "coding_threads": idf_coding.CODING_THREADS},
+    })
+    print(json.dumps(rows[-1]), flush=True)
+
+    # -- per image: PNG files, one .amd each
+    k = min(a.per_image, len(data))
+    enc_s = dec_s = 0.0
+    total = 0
+    ok = True
+    for img in data[:k]:
+        png = _png(img)
+        t0 = time.perf_counter()
+        blob = amdcompress.compress(png, model="idf")
+        t1 = time.perf_counter()
+        out = amdcompress.decompress(blob)
+        t2 = time.perf_counter()
+        from PIL import Image
+
+        ok &= bool(np.array_equal(np.asarray(Image.open(io.BytesIO(out))), img))
+        enc_s += t1 - t0
+        dec_s += t2 - t1
+        total += len(blob)
+    dims = int(data[:k].size)
+    nll = idf_coding.model_bits(model, data[:k])
+    rows.append({
+        "domain": "image", "codec": "amdcompress-idf", "setting": "per-image", "bytes": total, "dims": dims,
+        "bits_per_dim": 8 * total / dims, "encode_s": enc_s, "decode_s": dec_s, "verified": ok, "items": k,
+        "nll_bpd": nll / dims, "model_bytes": wpath.stat().st_size,
+        "encode_images_per_s": k / enc_s, "decode_images_per_s": k / dec_s,
+        "layout": f"first {k} images, each a 32x32 PNG -> its own .amd (header included)",
+        "params": rows[0]["params"],
+    })
+    print(json.dumps(rows[-1]), flush=True)
+
+    meta = {
+        "benchmark": "benchmarks/idf_bench.py",
+        "data": {"image": {"file": str(a.data), "sha256": _sha(Path(a.data)),
+                           "split": f"CIFAR-10 test, first {len(data)} images (batch: first {a.batch}, "
+                                    f"per-image: first {k})"}},
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count(), "torch": torch.__version__, "coding_threads": idf_coding.CODING_THREADS},
+        "commit": _commit(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"weights": rec["file"], "sha256": rec["sha256"], "steps": rec.get("steps"),
+                  "minutes": rec.get("minutes"), "test_bpd_nll": rec.get("final_test_bpd")},
+        "notes": {"image": [
+            f"amdcompress-idf: weights {rec['file']} ({rec.get('steps')} steps, {rec.get('minutes')} min of "
+            f"training), sha256 {rec['sha256'][:12]}; nll_bpd is the model's likelihood, bits_per_dim the "
+            "actual .amd bytes"]},
+    }
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0 if all(r["verified"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,389 @@
+"""Exact bits-back coding of text along the multinomial diffusion chain.
+
+For a chain t_0 = 0 < t_1 < ... < t_S = T (S = ``steps``, any subset of the
+model's T training steps; :func:`amdcompress.models.diffusion.chain`), with the
+composed forward transitions q(x_{t_i} | x_{t_{i-1}}) and the model's reverse
+steps p(x_{t_{i-1}} | x_{t_i}) (:mod:`.diffusion`)::
+
+    encode: for i = 1..S:  pop  x_{t_i}     ~ q(x_{t_i} | x_{t_{i-1}})
+                           push x_{t_{i-1}} under p(x_{t_{i-1}} | x_{t_i})
+            push x_T under the uniform prior
+    decode: pop x_T uniformly
+            for i = S..1:  pop  x_{t_{i-1}} ~ p(x_{t_{i-1}} | x_{t_i})
+                           push x_{t_i}     under q(x_{t_i} | x_{t_{i-1}})
+
+The message is a stack: the decoder's first pop undoes the encoder's last push,
+and each decoder step (pop x_{t_{i-1}}, push x_{t_i}) undoes the encoder's step i
+in reverse, restoring the message to what it was before that step. Net growth:
+sum_i [-log p(x_{t_{i-1}}|x_{t_i}) + log q(x_{t_i}|x_{t_{i-1}})] - log p(x_T),
+the negative ELBO of the chain on average. The first pop needs bits that are
+not there yet: the message starts as :meth:`Message.seeded`, and only the
+initial bits actually consumed are stored.
+
+Initial bits and generations. Along one chain the message first *shrinks*:
+after step i it is short of about H(x_{t_i} | x_0) - sum_{j<=i} KL_j bits per
+symbol (up to H(x_T | x_0) ~ log2 27), and only the final prior push pays that
+back, leaving -ELBO. Coding all chunks of a file in one vectorized chain would
+therefore draw nearly log2 27 bits per symbol of initial bits. Instead the
+symbols are cut into *generations*, coded one after another, each one's debt
+paid by the bits the earlier ones left on the stack: the first generation is
+short (``first`` = 64 symbols, paid by the initial-bits stream), each later one
+as long as the surplus so far covers at its worst debt per symbol seen so far
+(times 1.1), rounded down to whole 256-symbol chunks. Generations grow
+geometrically, so a file needs O(log n) of them; only the first one's debt is
+overhead. The encoder chooses the plan and records it, the decoder undoes the
+generations in reverse order.
+
+Vectorized: within a generation the symbols are cut into chunks of 256 (the
+last one shorter, coded as a chunk of its own length, so every position is
+real); each step processes the chunks in blocks of ``block`` chunks (one
+network call, one coder call each). Within step i the encoder goes through the
+blocks in order, the decoder in reverse order, so the stack discipline holds
+per block.
+
+Determinism: the network runs in float32 on CPU with one thread; its
+log-probabilities are rounded to multiples of 2^-12, exponentiated with
+:func:`amdcompress.codecs.det_exp`, mixed with the schedule's float64 constants
+using only +, *, / (no cancellation: all terms are positive), and quantized
+with :func:`amdcompress.codecs.quantize_weights`. The decoder checks that it
+ends exactly on the untouched initial-bits stream.
+
+Stream layout (``encode`` output)::
+
+    1 byte   version (1)
+    varint   steps S
+    varint   block (chunks per network call)
+    varint   number of symbols n
+    varint   number of generations G, then G varints: their sizes (sum n)
+    rest     the ANS message (:meth:`Message.to_bytes`); absent when n = 0
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+import torch
+
+from amdcompress.codecs import Categorical, Message, Uniform, det_exp, quantize_weights
+from amdcompress.codecs.core import information_bits
+from amdcompress.errors import AmdError
+
+from .diffusion import CHUNK, K, Denoiser, chain
+
+VERSION = 1
+GRID_BITS = 12           # log-probabilities are rounded to multiples of 2^-GRID_BITS
+DEFAULT_BLOCK = 64       # chunks per network call (recorded in the stream)
+FIRST_GENERATION = 64    # symbols in the first generation (paid by initial bits)
+MAX_BLOCK = 4096
+
+
+# --------------------------------------------------------------------------- helpers
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    n = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 56:
+            raise AmdError("corrupt payload: truncated diffusion stream header")
+        b = buf[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return n, pos
+        shift += 7
+
+
+def seed_words_for(n: int) -> int:
+    """Initial-bits words to start from: more than any single pop of all n
+    symbols can take (log2 27 < 5 bits each); only the consumed part is stored."""
+    return 64 + (5 * n + 31) // 32
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Coding distributions are computed with exactly one torch thread."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def blocks(n: int, block: int, length: int = CHUNK) -> list[tuple[int, int, int]]:
+    """(start, chunks, chunk length) of each network call: full chunks in groups
+    of ``block``, then the last partial chunk alone."""
+    out = []
+    nfull = n // length
+    for c in range(0, nfull, block):
+        nc = min(block, nfull - c)
+        out.append((c * length, nc, length))
+    if n % length:
+        out.append((nfull * length, 1, n % length))
+    return out
+
+
+def round_logp(lp: np.ndarray) -> np.ndarray:
+    """float32 log-probabilities -> float64 multiples of 2^-GRID_BITS (exact ops)."""
+    scale = float(1 << GRID_BITS)
+    return np.round(np.asarray(lp, dtype=np.float64) * scale) / scale
+
+
+class _Ticker:
+    """Progress in chunk-steps (a chunk = 256 symbols coded through one step):
+    ``progress(total)`` once, then integer ``update(k)`` calls after each step."""
+
+    def __init__(self, progress, steps: int, n: int):
+        self.total = steps * -(-n // CHUNK)
+        self.bar = progress(self.total)
+        self.scale = self.total / max(1, steps * n)
+        self.syms = 0
+        self.done = 0
+
+    def add(self, syms: int) -> None:
+        self.syms += syms
+        now = min(self.total, int(self.syms * self.scale + 1e-9))
+        if now > self.done and self.bar is not None:
+            self.bar.update(now - self.done)
+        self.done = max(self.done, now)
+
+    def close(self) -> None:
+        if self.bar is not None and self.done < self.total:
+            self.bar.update(self.total - self.done)
+        self.done = self.total
+
+
+class StepTables:
+    """The coding distributions of one chain step s -> t (s < t)."""
+
+    def __init__(self, abar: np.ndarray, s: int, t: int):
+        self.s, self.t = int(s), int(t)
+        a = float(abar[t]) / float(abar[s])
+        self.off = (1.0 - a) / K            # q(x_t = j | x_s != j)
+        self.on = a + self.off              # q(x_t = x_s | x_s)
+        self.abar_s = float(abar[s])
+        self.uni_s = (1.0 - self.abar_s) / K
+        trans = np.full((K, K), self.off)
+        trans[np.arange(K), np.arange(K)] = self.on
+        self.forward_counts = quantize_weights(trans)  # row x_s: q(x_t | x_s)
+
+    def q_counts(self, x_s: np.ndarray) -> np.ndarray:
+        return self.forward_counts[x_s]
+
+    def p_weights(self, logp_rounded: np.ndarray, x_t: np.ndarray) -> np.ndarray:
+        """Unnormalized p(x_s | x_t) oc q(x_t | x_s) (abar_s x0hat + (1 - abar_s)/K), (N, K) float64."""
+        z = logp_rounded - logp_rounded.max(axis=1, keepdims=True)
+        e = det_exp(z)
+        x0p = e / np.cumsum(e, axis=1)[:, -1:]
+        w = x0p * self.abar_s + self.uni_s
+        trans = np.full(w.shape, self.off)
+        trans[np.arange(len(x_t)), x_t] = self.on
+        return w * trans
+
+    def p_counts(self, logp_rounded: np.ndarray, x_t: np.ndarray) -> np.ndarray:
+        return quantize_weights(self.p_weights(logp_rounded, x_t))
+
+    def kl_bits(self, w: np.ndarray, x_t: np.ndarray, x0: np.ndarray) -> float:
+        """Statistics only (not a coding path): sum over rows of
+        KL(q(x_s|x_t,x_0) || p(x_s|x_t)) in bits, p given by weights ``w``."""
+        n = len(x_t)
+        r = np.arange(n)
+        qm = np.full((n, K), self.uni_s)
+        qm[r, x0] += self.abar_s
+        trans = np.full((n, K), self.off)
+        trans[r, x_t] = self.on
+        q = qm * trans
+        q /= q.sum(axis=1, keepdims=True)
+        p = w / w.sum(axis=1, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.where(q > 0, q * (np.log2(q) - np.log2(p)), 0.0)
+        return float(terms.sum())
+
+
+class DiffusionCoder:
+    """Bits-back coder of symbol sequences (0..26) with a :class:`Denoiser`."""
+
+    def __init__(self, model: Denoiser, block: int = DEFAULT_BLOCK, first: int = FIRST_GENERATION,
+                 safety: float = 1.1):
+        self.model = model.eval()
+        self.block = int(block)
+        self.first = int(first)
+        self.safety = float(safety)
+        self.abar = model.abar()
+        self.T = model.T
+
+    # -- network -----------------------------------------------------------
+    @torch.no_grad()
+    def _logp(self, x_t: np.ndarray, t: int, nc: int, length: int) -> np.ndarray:
+        xt = torch.from_numpy(np.ascontiguousarray(x_t, dtype=np.int64).reshape(nc, length))
+        tt = torch.full((nc,), int(t), dtype=torch.int64)
+        lp = self.model(xt, tt).reshape(nc * length, -1).numpy()
+        return round_logp(lp)
+
+    def noise_entropy_bits(self) -> float:
+        """H(x_T | x_0) per symbol: the most a chain can owe before its prior push."""
+        ab = float(self.abar[-1])
+        on, off = ab + (1 - ab) / K, (1 - ab) / K
+        return -(on * math.log2(on) + ((K - 1) * off * math.log2(off) if off > 0 else 0.0))
+
+    # -- one generation ------------------------------------------------------
+    def _encode_gen(self, m: Message, x: np.ndarray, ts: np.ndarray, stats, bar) -> tuple[Message, int]:
+        """Run the whole chain for the symbols x (one generation of chunks);
+        returns the message and the deepest the message went below its
+        starting size (bits)."""
+        start = m.num_bits()
+        peak = 0
+        blks = blocks(x.size, self.block)
+        x0 = x
+        elbo = ideal = 0.0
+        for i in range(1, len(ts)):
+            tab = StepTables(self.abar, ts[i - 1], ts[i])
+            nxt = np.empty_like(x)
+            for b0, nc, length in blks:
+                sl = slice(b0, b0 + nc * length)
+                xs = x[sl]
+                qc = tab.q_counts(xs)
+                m, xt = Categorical(qc).pop(m)
+                peak = max(peak, start - m.num_bits())
+                w = tab.p_weights(self._logp(xt, ts[i], nc, length), xt)
+                pc = quantize_weights(w)
+                Categorical(pc).push(m, xs)
+                nxt[sl] = xt
+                if stats is not None:
+                    elbo += tab.kl_bits(w, xt, x0[sl])
+                    ideal += information_bits(pc, xs) - information_bits(qc, xt)
+            x = nxt
+            if bar is not None:
+                bar.add(x.size)
+        Uniform(np.full(x.size, K)).push(m, x)
+        if stats is not None:
+            stats["elbo_bits"] = stats.get("elbo_bits", 0.0) + elbo
+            stats["ideal_bits"] = stats.get("ideal_bits", 0.0) + ideal + x.size * math.log2(K)
+        return m, peak
+
+    def _decode_gen(self, m: Message, n: int, ts: np.ndarray, block: int, bar) -> tuple[Message, np.ndarray]:
+        blks = blocks(n, block)
+        m, x = Uniform(np.full(n, K)).pop(m)
+        for i in range(len(ts) - 1, 0, -1):
+            tab = StepTables(self.abar, ts[i - 1], ts[i])
+            prev = np.empty_like(x)
+            for b0, nc, length in reversed(blks):
+                sl = slice(b0, b0 + nc * length)
+                xt = x[sl]
+                pc = tab.p_counts(self._logp(xt, ts[i], nc, length), xt)
+                m, xs = Categorical(pc).pop(m)
+                Categorical(tab.q_counts(xs)).push(m, xt)
+                prev[sl] = xs
+            x = prev
+            if bar is not None:
+                bar.add(n)
+        return m, x
+
+    # -- coding --------------------------------------------------------------
+    def encode(self, symbols: np.ndarray, steps: int, progress=None, stats: dict | None = None) -> bytes:
+        """Symbols (0..26) -> stream bytes. ``stats`` (a dict) receives the
+        chain's ELBO estimate (KL form, with the encoder's own x_t samples),
+        the ideal information content of the coded symbols, and the plan."""
+        x = np.ascontiguousarray(symbols, dtype=np.int64).reshape(-1)
+        n = x.size
+        if n and (x.min() < 0 or x.max() >= K):
+            raise ValueError("symbols outside 0..26")
+        if not 1 <= steps <= self.T:
+            raise AmdError(f"diffusion steps must be in 1..{self.T}, got {steps}")
+        head = bytes([VERSION]) + _varint(steps) + _varint(self.block) + _varint(n)
+        if n == 0:
+            return head + _varint(0)
+        ts = chain(self.T, steps)
+        bar = _Ticker(progress, steps, n) if progress is not None else None
+        m = Message.seeded(seed_words_for(n))
+        floor = m.num_bits()  # the deepest the message has been: the bits down to it are paid for
+        seen = 0.0            # the largest debt per symbol a generation has run up so far
+        gens: list[int] = []
+        lo = 0
+        with one_thread():
+            while lo < n:
+                if not gens:
+                    g = self.first
+                else:
+                    est = max(seen * self.safety, 0.05)
+                    g = max(self.first, int((m.num_bits() - floor) / est))
+                    if g >= CHUNK:
+                        g -= g % CHUNK
+                g = min(g, n - lo)
+                before = m.num_bits()
+                m, peak = self._encode_gen(m, x[lo : lo + g], ts, stats, bar)
+                floor = min(floor, before - peak)
+                seen = max(seen, peak / g)
+                gens.append(g)
+                lo += g
+        if bar is not None:
+            bar.close()
+        if stats is not None:
+            from .diffusion import prior_kl_bits
+
+            stats["elbo_bits"] = stats.get("elbo_bits", 0.0) + n * prior_kl_bits(float(self.abar[-1]))
+            stats.update(symbols=n, steps=steps, generations=gens)
+        plan = _varint(len(gens)) + b"".join(_varint(g) for g in gens)
+        return head + plan + m.to_bytes()
+
+    def decode(self, data: bytes, max_symbols: int | None = None, progress=None) -> np.ndarray:
+        """Stream bytes -> symbols; AmdError on anything that is not a stream
+        this model made."""
+        data = bytes(data)
+        if not data or data[0] != VERSION:
+            raise AmdError("corrupt payload: unknown diffusion stream version")
+        steps, pos = _read_varint(data, 1)
+        block, pos = _read_varint(data, pos)
+        n, pos = _read_varint(data, pos)
+        if not 1 <= steps <= self.T or not 1 <= block <= MAX_BLOCK:
+            raise AmdError("corrupt payload: bad diffusion stream header")
+        if max_symbols is not None and n > max_symbols:
+            raise AmdError("corrupt payload: symbol count exceeds the data size")
+        ngens, pos = _read_varint(data, pos)
+        if ngens > n:
+            raise AmdError("corrupt payload: bad diffusion generation plan")
+        gens = []
+        for _ in range(ngens):
+            g, pos = _read_varint(data, pos)
+            gens.append(g)
+        if sum(gens) != n or any(g < 1 for g in gens):
+            raise AmdError("corrupt payload: bad diffusion generation plan")
+        if n == 0:
+            if pos != len(data):
+                raise AmdError("corrupt payload: trailing bytes after an empty diffusion stream")
+            return np.zeros(0, dtype=np.int64)
+        from amdcompress.codecs import CorruptStreamError
+
+        try:
+            m = Message.from_bytes(data[pos:])
+        except CorruptStreamError as e:
+            raise AmdError(f"corrupt payload ({e})") from None
+        bar = _Ticker(progress, steps, n) if progress is not None else None
+        ts = chain(self.T, steps)
+        out = np.empty(n, dtype=np.int64)
+        ends = np.cumsum(gens)
+        with one_thread():
+            for gi in range(len(gens) - 1, -1, -1):
+                hi = int(ends[gi])
+                lo = hi - gens[gi]
+                m, out[lo:hi] = self._decode_gen(m, hi - lo, ts, block, bar)
+        if bar is not None:
+            bar.close()
+        if not m.is_seed_remainder(seed_words_for(n)):
+            raise AmdError("corrupt payload: the diffusion chain did not return to its initial bits")
+        return out
+
+
+def stream_steps(data: bytes) -> int:
+    """The step count recorded in an encoded stream."""
+    if not data or data[0] != VERSION:
+        raise AmdError("corrupt payload: unknown diffusion stream version")
+    return _read_varint(bytes(data), 1)[0]

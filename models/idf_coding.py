@@ -1,0 +1,336 @@
+"""Exact lossless coding of image batches with an :class:`~.idf.IDF`.
+
+The flow is an integer bijection, so the code length is ``-log2 P(z)`` of the
+latents, with no bits-back. The encoder runs the flow forward and pushes the
+latent parts in the reverse of the order the decoder pops them; the decoder
+pops the top latent, computes the next level's prior from what it has, pops
+the factored-out half, inverts that level's couplings exactly, and so on down
+to the pixels. A batch ``(N, H, W, C)`` is one ANS message (the payload is
+:meth:`Message.to_bytes`); a single image is the batch of one.
+
+Exactness rests on the decoder computing bit-identical network outputs:
+
+* the couplings add ``round(t(x_a))``, where ``t`` is evaluated on the same
+  integer-valued float32 tensor, of the same shape, on both sides;
+* coding runs on the CPU with :data:`CODING_THREADS` torch threads and
+  deterministic algorithms (:func:`deterministic`);
+* prior parameters are rounded to multiples of :data:`GRID` before the integer
+  frequency tables are built (by :mod:`amdcompress.codecs`, deterministic in
+  numpy), which makes a mismatch between machines rarer; the container's CRC
+  turns any remaining mismatch into an error, never into wrong output.
+
+Latents must lie in ``[LO, HI]``. Each one is coded under its mixture in up
+to three exact stages (:class:`PartCoder`): a narrow window around the mean of
+the dominant component plus an escape, a wide ring around it plus an escape,
+and a uniform code on ``[LO, HI]``; window widths come from the component
+scales, so tables stay small and the cost stays -log2 of the model's mass.
+
+Images of any size are edge-padded to a multiple of ``2**levels``; the padded
+pixels are coded too (the container records the true size, the caller crops).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+
+from amdcompress.codecs import (
+    Categorical,
+    Message,
+    Uniform,
+    det_exp,
+    quantize_weights,
+    windowed_logistic_mixture_counts,
+)
+from amdcompress.codecs.distributions import logistic_mixture_weights
+from amdcompress.codecs.message import CorruptStreamError
+from amdcompress.errors import AmdError
+
+from .idf import CENTER, IDF, LOG_SCALE_MAX, LOG_SCALE_MIN, Part, logistic_mixture_logp, to_input
+
+CODING_THREADS = 1
+LO, HI = -(1 << 15), (1 << 15) - 1
+GRID_BITS = 10
+GRID = 2.0 ** -GRID_BITS
+HALF_WINDOWS = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 4096)
+INNER_TAIL_BITS = 0      # inner window: the core of the mixture (measured fastest; the cost is exact either way)
+OUTER_TAIL_BITS = 14     # the outer window leaves at most ~2**-14 to the uniform escape
+MAX_TABLE = 1 << 21      # table entries built at once (memory bound)
+PIXELS_PER_CHUNK = 1 << 17  # padded pixels per network batch (images are never split)
+
+
+@contextlib.contextmanager
+def deterministic(threads: int = CODING_THREADS):
+    """Fixed thread count, deterministic torch algorithms, no autograd."""
+    old_threads = torch.get_num_threads()
+    old_det = torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        torch.use_deterministic_algorithms(old_det)
+        torch.set_num_threads(old_threads)
+
+
+def padded_size(h: int, w: int, multiple: int) -> tuple[int, int]:
+    return -(-h // multiple) * multiple, -(-w // multiple) * multiple
+
+
+def pad_images(images: np.ndarray, multiple: int) -> np.ndarray:
+    """Edge-pad (N, H, W, C) to sides that are multiples of ``multiple``."""
+    n, h, w, c = images.shape
+    hp, wp = padded_size(h, w, multiple)
+    if (hp, wp) == (h, w):
+        return images
+    return np.pad(images, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)), mode="edge")
+
+
+def image_chunks(n: int, hp: int, wp: int) -> list[tuple[int, int]]:
+    """Batches of whole images that the network processes together (both sides alike)."""
+    per = max(1, PIXELS_PER_CHUNK // (hp * wp))
+    return [(s, min(n, s + per)) for s in range(0, n, per)]
+
+
+# ---------------------------------------------------------------------------
+# one latent part: parameters -> a plan of windowed codecs
+
+
+def _grid(t: torch.Tensor, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    a = t.detach().to("cpu", torch.float64).reshape(-1, t.shape[-1]).numpy()
+    a = np.round(a * (1 << GRID_BITS)) / (1 << GRID_BITS)
+    if lo is not None:
+        a = np.clip(a, lo, hi)
+    return np.ascontiguousarray(a.astype(np.float32))
+
+
+def _tail_log(bits: int) -> float:
+    """ln(2 K / eps) for eps = 2**-bits and K <= 16 components: a constant, so
+    no transcendental function of the data is evaluated outside det_exp."""
+    return (bits + 5) * 0.6931471805599453
+
+
+def _half_window_needed(mu, ls, rel_logit, centers, tail_log: float) -> np.ndarray:
+    """Half-width that leaves at most ~eps of the mixture outside the window:
+    component k (weight w_k <= exp(rel_logit_k), scale s_k, offset d_k from the
+    center) has mass < 2 w_k exp(-(h + 1/2 - d_k) / s_k) beyond h, so
+    h_k = d_k + s_k (ln(2K/eps) + ln w_k) suffices. Only +, -, * and det_exp:
+    bit-identical on every machine."""
+    d = np.abs(mu.astype(np.float64) - centers[:, None])
+    s = det_exp(ls.astype(np.float64))
+    margin = tail_log + rel_logit.astype(np.float64)
+    need = np.where(margin > 0.0, d + s * margin, 0.0)
+    return need.max(axis=1)
+
+
+def _ladder(need: np.ndarray) -> np.ndarray:
+    b = np.searchsorted(np.asarray(HALF_WINDOWS, dtype=np.float64), need)
+    return np.minimum(b, len(HALF_WINDOWS) - 1)
+
+
+_RAW = HI - LO + 1
+
+
+class PartCoder:
+    """Codes one latent part: integers z[i] under mixture i, in three stages.
+
+    1. an *inner* window ``center +- h1`` plus an escape symbol carrying the
+       rest of the mass (h1 small: most of the mass of the dominant components);
+    2. escaped values: an *outer* table over ``center +- h2`` without the
+       inner window, plus an escape carrying what lies beyond h2;
+    3. values beyond h2: uniform on ``[LO, HI]``.
+
+    Each stage is exact (its table is the mixture's mass renormalised on what
+    the earlier stages left), so the cost is -log2 of the quantized mixture
+    mass; only the rare stage 3 pays more than the model. Half-widths come from
+    :func:`_half_window_needed` on a fixed ladder. Symbols are grouped by h1
+    (one table per group, in slices of at most MAX_TABLE entries), escaped ones
+    by h2; the decoder pops groups in ascending order, the encoder pushes in
+    reverse.
+    """
+
+    def __init__(self, mu: torch.Tensor, log_scale: torch.Tensor, logit: torch.Tensor):
+        self.mu = _grid(mu, LO, HI)
+        self.ls = _grid(log_scale, LOG_SCALE_MIN, LOG_SCALE_MAX)
+        self.lg = _grid(logit, -1e4, 1e4)
+        n = self.mu.shape[0]
+        rows = np.arange(n)
+        rel = self.lg - self.lg.max(axis=1, keepdims=True)
+        dom = np.argmax(self.lg, axis=1)
+        self.centers = np.clip(np.round(self.mu[rows, dom].astype(np.float64)), LO, HI).astype(np.int64)
+        inner = _ladder(_half_window_needed(self.mu, self.ls, rel, self.centers, _tail_log(INNER_TAIL_BITS)))
+        self.inner = np.minimum(inner, len(HALF_WINDOWS) - 2)  # an outer ring always exists
+        outer = _ladder(_half_window_needed(self.mu, self.ls, rel, self.centers, _tail_log(OUTER_TAIL_BITS)))
+        self.outer = np.maximum(outer, self.inner + 1)
+        self.slices: list[tuple[int, np.ndarray]] = []
+        for b, hw in enumerate(HALF_WINDOWS):
+            idx = np.flatnonzero(self.inner == b)
+            step = max(1, MAX_TABLE // (2 * hw + 2))
+            for s in range(0, len(idx), step):
+                self.slices.append((hw, idx[s : s + step]))
+        self.n = n
+
+    # -- stage tables ---------------------------------------------------------
+    def _inner_codec(self, hw: int, idx: np.ndarray):
+        counts = windowed_logistic_mixture_counts(self.centers[idx], hw, self.mu[idx], self.ls[idx], self.lg[idx])
+        return Categorical(counts)
+
+    def _outer_groups(self, h1: int, idx: np.ndarray):
+        """(offsets, codec, member indices) per outer half-width, ascending."""
+        out = []
+        hb = self.outer[idx]
+        for b in np.unique(hb):
+            sel = idx[hb == b]
+            h2 = HALF_WINDOWS[b]
+            step = max(1, MAX_TABLE // (2 * h2 + 2))
+            for s in range(0, len(sel), step):
+                part = sel[s : s + step]
+                offs = np.arange(-h2, h2 + 1, dtype=np.int64)
+                support = (self.centers[part, None] + offs[None, :]).astype(np.float64)
+                mass = logistic_mixture_weights(support, self.mu[part], self.ls[part], self.lg[part])
+                lg = self.lg[part].astype(np.float64)
+                norm = np.cumsum(det_exp(lg - lg.max(axis=1, keepdims=True)), axis=1)[:, -1:]
+                tail = np.maximum(norm - np.cumsum(mass, axis=1)[:, -1:], 0.0)
+                keep = np.abs(offs) > h1
+                counts = quantize_weights(np.concatenate([mass[:, keep], tail], axis=1))
+                out.append((offs[keep], Categorical(counts), part))
+        return out
+
+    # -- push / pop -------------------------------------------------------------
+    def push(self, m: Message, z: np.ndarray) -> Message:
+        z = np.asarray(z, dtype=np.int64).reshape(self.n)
+        if self.n and (z.min() < LO or z.max() > HI):
+            raise ValueError(f"latent outside [{LO}, {HI}]")
+        for hw, idx in reversed(self.slices):
+            off = z[idx] - self.centers[idx]
+            esc = np.abs(off) > hw
+            if esc.any():
+                for offs, codec, part in reversed(self._outer_groups(hw, idx[esc])):
+                    o = z[part] - self.centers[part]
+                    far = np.abs(o) > offs[-1]
+                    Uniform(np.full(int(far.sum()), _RAW)).push(m, z[part][far] - LO)
+                    j = np.searchsorted(offs, o)
+                    codec.push(m, np.where(far, len(offs), j))
+            self._inner_codec(hw, idx).push(m, np.where(esc, 2 * hw + 1, off + hw))
+        return m
+
+    def pop(self, m: Message) -> tuple[Message, np.ndarray]:
+        z = np.zeros(self.n, dtype=np.int64)
+        for hw, idx in self.slices:
+            m, sym = self._inner_codec(hw, idx).pop(m)
+            esc = sym == 2 * hw + 1
+            z[idx] = self.centers[idx] + sym - hw
+            if esc.any():
+                for offs, codec, part in self._outer_groups(hw, idx[esc]):
+                    m, j = codec.pop(m)
+                    far = j == len(offs)
+                    m, raw = Uniform(np.full(int(far.sum()), _RAW)).pop(m)
+                    v = self.centers[part] + offs[np.minimum(j, len(offs) - 1)]
+                    v[far] = raw + LO
+                    z[part] = v
+        return m, z
+
+    def histogram(self) -> dict[str, dict[int, int]]:
+        """Symbols per inner / outer half-width (diagnostics)."""
+        return {name: {hw: int((a == b).sum()) for b, hw in enumerate(HALF_WINDOWS) if (a == b).any()}
+                for name, a in (("inner", self.inner), ("outer", self.outer))}
+
+
+def _coder(part: Part) -> PartCoder:
+    return PartCoder(part.mu, part.log_scale, part.logit)
+
+
+def _latent_ints(part: Part) -> np.ndarray:
+    z = part.z.detach().to("cpu", torch.float64).reshape(-1).numpy()
+    if z.size and (z.min() < LO or z.max() > HI):
+        raise AmdError(f"this image drives the flow's latents outside [{LO}, {HI}]; use another model")
+    return z.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------
+# batch encode / decode
+
+
+def encode(model: IDF, images: np.ndarray, progress: Callable | None = None) -> bytes:
+    """uint8 (N, H, W, C) -> payload bytes (one ANS message)."""
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    if images.ndim != 4 or images.shape[3] != model.config["in_channels"]:
+        raise AmdError(f"IDF codes (N, H, W, {model.config['in_channels']}) images, got {images.shape}")
+    n, h, w, _ = images.shape
+    padded = pad_images(images, model.multiple)
+    chunks = image_chunks(n, padded.shape[1], padded.shape[2])
+    bar = progress(len(chunks)) if progress else None
+    m = Message.empty()
+    model.eval()
+    with deterministic():
+        for s, e in reversed(chunks):
+            parts = model.analyse(to_input(padded[s:e]), ste=False)
+            for part in reversed(parts):
+                m = _coder(part).push(m, _latent_ints(part))
+            if bar is not None:
+                bar.update(1)
+    if bar is not None and hasattr(bar, "close"):
+        bar.close()
+    return m.to_bytes()
+
+
+def decode(model: IDF, payload: bytes, shape: tuple[int, int, int, int], progress: Callable | None = None) -> np.ndarray:
+    """Payload bytes + (N, H, W, C) -> uint8 images; AmdError if the payload is corrupt."""
+    n, h, w, c = (int(d) for d in shape)
+    if c != model.config["in_channels"]:
+        raise AmdError(f"IDF model codes {model.config['in_channels']} channels, file has {c}")
+    try:
+        m = Message.from_bytes(payload)
+    except CorruptStreamError as e:
+        raise AmdError(f"corrupt payload ({e})") from None
+    hp, wp = padded_size(h, w, model.multiple)
+    chunks = image_chunks(n, hp, wp)
+    out = np.empty((n, h, w, c), dtype=np.uint8)
+    bar = progress(len(chunks)) if progress else None
+    L = len(model.levels)
+    model.eval()
+    with deterministic():
+        for s, e in chunks:
+            k = e - s
+            a_shape = model.top_shape(k, hp, wp)
+            m, z = _coder(Part(None, *model.top_prior(k, a_shape[2], a_shape[3]))).pop(m)
+            x = torch.from_numpy(z.astype(np.float32)).reshape(a_shape)
+            for lev in reversed(range(L)):
+                mu, ls, lg = model.priors[lev](x)
+                cz = model.chans[lev] - model.chans[lev] // 2
+                m, z = _coder(Part(None, mu, ls, lg)).pop(m)
+                zo = torch.from_numpy(z.astype(np.float32)).reshape(x.shape[0], cz, x.shape[2], x.shape[3])
+                x = model.invert_level(lev, x, zo)
+            px = (x + CENTER).permute(0, 2, 3, 1).numpy()
+            if not np.all(np.isfinite(px)) or px.min() < 0 or px.max() > 255:
+                raise AmdError("corrupt payload (decoded pixels out of range)")
+            out[s:e] = px[:, :h, :w].astype(np.uint8)
+            if bar is not None:
+                bar.update(1)
+    if bar is not None and hasattr(bar, "close"):
+        bar.close()
+    if not m.is_empty():
+        raise AmdError("corrupt payload (data left over after decoding)")
+    return out
+
+
+# ---------------------------------------------------------------------------
+# diagnostics
+
+
+def model_bits(model: IDF, images: np.ndarray, batch: int = 100) -> float:
+    """The model's NLL in bits of a batch, padded as the coder pads it (float32 nets,
+    the likelihood in float64): what the coded size should be close to."""
+    padded = pad_images(np.ascontiguousarray(images, dtype=np.uint8), model.multiple)
+    total = 0.0
+    model.eval()
+    with deterministic():
+        for s in range(0, len(padded), batch):
+            for p in model.analyse(to_input(padded[s : s + batch]), ste=False):
+                lp = logistic_mixture_logp(p.z.double(), p.mu.double(), p.log_scale.double(), p.logit.double())
+                total += float(-lp.sum()) / math.log(2.0)
+    return total

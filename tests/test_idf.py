@@ -1,0 +1,292 @@
+"""Integer Discrete Flow: exact invertibility, exact coding, determinism across
+processes, training signal, and the public API with the shipped weights."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from amdcompress.models import idf_coding, registry
+from amdcompress.models.idf import IDF, Coupling, make_config, squeeze, to_input, unsqueeze
+
+TINY = dict(levels=2, couplings=2, width=8, prior_width=8, mixtures=3, seed=3)
+CIFAR_TEST = Path("/work/shared/data/cifar10/test.npy")
+
+
+def tiny_model(seed: int = 0) -> IDF:
+    """A tiny IDF with non-trivial couplings (their zero-initialised output layers perturbed)."""
+    torch.manual_seed(seed)
+    m = IDF(make_config(**TINY))
+    with torch.no_grad():
+        for lev in m.levels:
+            for cpl in lev:
+                cpl.net.conv_out.weight.normal_(0.0, 0.05)
+                cpl.net.conv_out.bias.normal_(0.0, 0.5)
+    return m.eval()
+
+
+def images(n: int, h: int = 32, w: int = 32, seed: int = 0) -> np.ndarray:
+    """Real CIFAR test images where available (cropped), else smooth synthetic ones."""
+    if CIFAR_TEST.exists() and h <= 32 and w <= 32:
+        return np.ascontiguousarray(np.load(CIFAR_TEST, mmap_mode="r")[seed : seed + n, :h, :w])
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (n, 1, 1, 3))
+    yy, xx = np.mgrid[:h, :w]
+    ramp = (yy[None, :, :, None] * 3 + xx[None, :, :, None] * 2) % 64
+    return np.clip(base + ramp + rng.integers(-8, 9, (n, h, w, 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensors: threads only add overhead (and the coder fixes its own count)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+# -- exact invertibility --------------------------------------------------------
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 3), hw=st.sampled_from([2, 4, 6]),
+       c=st.sampled_from([2, 3, 4]), mag=st.sampled_from([1, 255, 20000]))
+def test_squeeze_and_coupling_invertible(seed, n, hw, c, mag):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-mag, mag + 1, (n, c, hw, hw), generator=g).float()
+    assert torch.equal(unsqueeze(squeeze(x)), x)
+    xs = squeeze(x)
+    ch = xs.shape[1]
+    perm = torch.randperm(ch, generator=g).tolist()
+    torch.manual_seed(seed)
+    cpl = Coupling(ch, perm, 8, 1, 1 / 64, 32.0)
+    with torch.no_grad():
+        cpl.net.conv_out.weight.normal_(0.0, 1.0)
+        z = cpl(xs, ste=False)
+        assert torch.equal(z, torch.round(z))  # integers stay integers
+        assert not torch.equal(z, xs[:, cpl.perm]) or mag == 1  # the coupling did something
+        assert torch.equal(cpl.inverse(z), xs)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 2), h=st.sampled_from([4, 8, 12]),
+       w=st.sampled_from([4, 8]))
+def test_whole_flow_invertible(seed, n, h, w):
+    m = tiny_model(seed % 7)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-128, 128, (n, 3, h, w), generator=g).float()
+    with torch.no_grad():
+        parts = m.analyse(x, ste=False)
+        # parts: top a, top b|a, then factor-outs from the deepest level down
+        rec = parts[0].z
+        rec = m.invert_level(len(m.levels) - 1, rec, parts[1].z)
+        for lev, p in zip(reversed(range(len(m.levels) - 1)), parts[2:]):
+            rec = m.invert_level(lev, rec, p.z)
+    assert torch.equal(rec, x)
+    assert sum(p.z.numel() for p in parts) == x.numel()  # volume preserving: one latent per pixel
+
+
+# -- exact coding ------------------------------------------------------------------
+
+
+def test_coding_round_trip_batch():
+    m = tiny_model()
+    x = images(6, 16, 16)
+    payload = idf_coding.encode(m, x)
+    assert np.array_equal(idf_coding.decode(m, payload, x.shape), x)
+
+
+def test_coding_round_trip_odd_size_single_image():
+    m = tiny_model(1)
+    x = images(1, 37, 23, seed=5)
+    payload = idf_coding.encode(m, x)
+    out = idf_coding.decode(m, payload, x.shape)
+    assert out.shape == (1, 37, 23, 3) and np.array_equal(out, x)
+
+
+def test_coding_rejects_corrupt_payload():
+    from amdcompress.errors import AmdError
+
+    m = tiny_model()
+    x = images(2, 8, 8)
+    payload = bytearray(idf_coding.encode(m, x))
+    for bad in (bytes(payload[:-4]), bytes(payload[:3]), bytes(payload) + b"\x01\x02\x03\x04"):
+        try:
+            out = idf_coding.decode(m, bad, x.shape)
+        except (AmdError, ValueError):
+            continue
+        except BaseException as e:  # constriction's PanicException
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            continue
+        assert not np.array_equal(out, x)
+
+
+_CHILD = textwrap.dedent("""
+    import sys, numpy as np, torch
+    from amdcompress.models.idf import IDF
+    from amdcompress.models import idf_coding
+    weights, images, payload_out, payload_in, decoded_out = sys.argv[1:]
+    obj = torch.load(weights, weights_only=True)
+    m = IDF(obj["config"]); m.load_state_dict(obj["state_dict"]); m.eval()
+    x = np.load(images)
+    open(payload_out, "wb").write(idf_coding.encode(m, x))
+    np.save(decoded_out, idf_coding.decode(m, open(payload_in, "rb").read(), x.shape))
+""")
+
+
+def test_separate_processes_agree(tmp_path):
+    """Encode here and in a child process (another thread setting in its
+    environment): identical payloads; the child decodes this process's payload."""
+    m = tiny_model(2)
+    wpath = tmp_path / "w.pt"
+    torch.save({"config": m.config, "state_dict": m.state_dict()}, wpath)
+    x = images(3, 24, 20, seed=7)
+    np.save(tmp_path / "x.npy", x)
+    here = idf_coding.encode(m, x)
+    (tmp_path / "here.bin").write_bytes(here)
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    subprocess.run([sys.executable, "-c", _CHILD, str(wpath), str(tmp_path / "x.npy"), str(tmp_path / "child.bin"),
+                    str(tmp_path / "here.bin"), str(tmp_path / "y.npy")], check=True, env=env, timeout=300)
+    assert (tmp_path / "child.bin").read_bytes() == here  # bit-identical payloads from two processes
+    assert np.array_equal(np.load(tmp_path / "y.npy"), x)
+
+
+# -- training -------------------------------------------------------------------------
+
+
+def test_gradients_flow_through_rounding():
+    m = tiny_model()
+    m.train()
+    x = to_input(images(4, 16, 16))
+    loss, _ = m(x)
+    loss.backward()
+    for lev in m.levels:
+        for cpl in lev:
+            for name, p in cpl.net.named_parameters():
+                assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_short_training_lowers_loss():
+    torch.manual_seed(0)
+    m = IDF(make_config(**TINY))
+    opt = torch.optim.Adamax(m.parameters(), lr=2e-3)
+    x = to_input(images(8, 16, 16))
+    first = None
+    for _ in range(25):
+        loss, _ = m(x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = first if first is not None else loss.item()
+    assert loss.item() < first - 0.5
+
+
+def test_train_script_resume_and_export(tmp_path):
+    from amdcompress.models import train_idf
+
+    np.save(tmp_path / "train.npy", images(16, 16, 16))
+    np.save(tmp_path / "test.npy", images(4, 16, 16, seed=20))
+    common = ["--data", str(tmp_path / "train.npy"), "--test-data", str(tmp_path / "test.npy"),
+              "--out", str(tmp_path / "run"), "--batch", "8", "--threads", "1"]
+    assert train_idf.main(common + ["--max-steps", "3", "--config", json.dumps(TINY)]) == 0
+    ck = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert ck["step"] == 3 and {"model", "ema", "optimizer", "elapsed"} <= set(ck)
+    assert train_idf.main(common + ["--max-steps", "5", "--resume", str(tmp_path / "run" / "last.pt")]) == 0
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 5
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["test_bpd"] > 0
+    wdir = tmp_path / "weights"
+    assert train_idf.main(["--export", "--resume", str(tmp_path / "run" / "last.pt"), "--weights-dir", str(wdir)]) == 0
+    rec = json.loads((wdir / "idf-v1.json").read_text())
+    assert rec["sha256"] == registry.sha256_file(wdir / "idf-v1.pt") and rec["steps"] == 5
+    # resuming from the shipped file alone works too
+    assert train_idf.main(common + ["--max-steps", "6", "--resume", str(wdir / "idf-v1.pt"),
+                                    "--out", str(tmp_path / "run2")]) == 0
+
+
+# -- registry ---------------------------------------------------------------------------
+
+
+def test_registry_refuses_mismatching_weights(tmp_path, monkeypatch):
+    from amdcompress.errors import AmdError
+
+    m = tiny_model()
+    torch.save({"config": m.config, "state_dict": m.state_dict()}, tmp_path / "idf-v1.pt")
+    sha = registry.sha256_file(tmp_path / "idf-v1.pt")
+    (tmp_path / "idf-v1.json").write_text(json.dumps({"sha256": sha}))
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)
+    assert registry.weights_tag("idf-v1") == bytes.fromhex(sha)[:4]
+    assert registry.load("idf-v1")["config"] == m.config
+    raw = bytearray((tmp_path / "idf-v1.pt").read_bytes())
+    raw[len(raw) // 2] ^= 1
+    (tmp_path / "idf-v1.pt").write_bytes(bytes(raw))
+    with pytest.raises(AmdError, match="sha256"):
+        registry.load("idf-v1")
+
+
+# -- public API with the shipped weights --------------------------------------------------
+
+shipped = pytest.mark.skipif(not registry.available("idf-v1"), reason="shipped IDF weights not installed")
+
+
+def _png(a: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@shipped
+def test_public_api_png_round_trip():
+    import amdcompress
+    from PIL import Image
+
+    x = images(1, 32, 32, seed=11)[0]
+    blob = amdcompress.compress(_png(x), model="idf")
+    assert amdcompress.info(blob).model == "idf"
+    out = np.asarray(Image.open(io.BytesIO(amdcompress.decompress(blob))))
+    assert np.array_equal(out, x)
+    odd = images(1, 29, 31, seed=12)[0]
+    out = np.asarray(Image.open(io.BytesIO(amdcompress.decompress(amdcompress.compress(_png(odd), model="idf")))))
+    assert np.array_equal(out, odd)
+
+
+@shipped
+def test_public_api_batch_and_corruption():
+    import amdcompress
+    from amdcompress.errors import AmdError
+
+    x = images(8)
+    buf = io.BytesIO()
+    np.save(buf, x)
+    blob = amdcompress.compress(buf.getvalue(), model="idf")
+    assert np.array_equal(np.load(io.BytesIO(amdcompress.decompress(blob))), x)
+    bad = bytearray(blob)
+    bad[len(bad) // 2] ^= 0x40
+    with pytest.raises(AmdError):
+        amdcompress.decompress(bytes(bad))
+
+
+@shipped
+@pytest.mark.skipif(not CIFAR_TEST.exists(), reason="CIFAR test subset not available")
+def test_coded_size_matches_model_nll():
+    from amdcompress.learned import IdfBackend
+
+    m = IdfBackend().model()
+    x = images(8)
+    payload = idf_coding.encode(m, x)
+    nll = idf_coding.model_bits(m, x)
+    assert 8 * len(payload) <= nll * 1.01 + 64
+    assert 8 * len(payload) >= nll * 0.99
