@@ -105,6 +105,13 @@ def provenance(name: str, meta: dict, domain: str) -> str:
     return f"`{name}` — " + "; ".join(p for p in parts if p)
 
 
+def _params(p) -> str:
+    """A row's params: a string as is, a dict as k=v pairs."""
+    if isinstance(p, dict):
+        return ", ".join(f"{k}={v}" for k, v in p.items())
+    return str(p or "")
+
+
 def markdown(results: list[tuple[str, dict, list[dict]]], compact: bool = False) -> str:
     """The report: a table per domain sorted by bits/dim, provenance and notes under
     it. ``compact`` drops the per-row source and params columns (for the README)."""
@@ -124,7 +131,7 @@ def markdown(results: list[tuple[str, dict, list[dict]]], compact: bool = False)
                 r["codec"], r["setting"], f"{r['bits_per_dim']:.3f}", _fmt(r["bytes"]), _fmt(r["dims"]),
                 _fmt(r["encode_s"]), _fmt(r["decode_s"]), _fmt(r.get("encode_MBps")), _fmt(r.get("decode_MBps")),
                 "yes" if r["verified"] else "**NO**", name,
-                (r.get("params") or "") + (f"; layout {r['layout']}" if r.get("layout") and r["setting"] == "strip" else ""),
+                _params(r.get("params")) + (f"; layout {r['layout']}" if r.get("layout") and r["setting"] == "strip" else ""),
             ][:ncols]) + " |")
         out.append("")
         for name, meta, rs in results:
@@ -184,12 +191,33 @@ def main(argv: list[str] | None = None) -> int:
     print(md)
     print(f"wrote {results_dir / 'report.md'} and {results_dir / 'report.png'}")
     if args.readme:
-        update_readme(Path(args.readme), markdown(results, compact=True))
+        update_readme(Path(args.readme), markdown(results, compact=True) + "\n### Shipped models\n\n" + models_table()
+                      + "\n\nEach record (`models/weights/*.json`) also gives the data, the final train numbers and the export command.\n")
         print(f"updated {args.readme}")
     return 0
 
 
 START, END = "<!-- report:start -->", "<!-- report:end -->"
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "models" / "weights"
+HELD_OUT_KEYS = (("final_test_bpd", "test bpd (NLL)"), ("valid_elbo_bpc", "valid bpc (ELBO)"),
+                 ("valid_nll_bpc", "valid bpc (NLL)"))
+
+
+def models_table(weights_dir: Path = WEIGHTS_DIR) -> str:
+    """A markdown table of the shipped weights, read from their JSON records
+    (written by the training commands' export step)."""
+    rows = ["| weights | params | file MB | trained | device | held-out | command |", "|---|---:|---:|---:|---|---|---|"]
+    for rec_path in sorted(weights_dir.glob("*.json")):
+        rec = json.loads(rec_path.read_text())
+        f = weights_dir / rec.get("file", "")
+        held = "; ".join(f"{label} {rec[k]:.3f}" for k, label in HELD_OUT_KEYS if isinstance(rec.get(k), (int, float)))
+        if rec.get("valid_chars"):
+            held += f" on {rec['valid_chars']:,} chars"
+        rows.append("| " + " | ".join(_cell(str(c)) for c in [
+            rec.get("file", rec_path.stem), f"{rec.get('params', 0):,}", f"{f.stat().st_size / 1e6:.1f}" if f.is_file() else "?",
+            f"{rec.get('minutes', 0):.0f} min, {rec.get('steps', 0):,} steps", f"{rec.get('device', '?')}, {rec.get('threads', '?')} thread(s)",
+            held, f"`{rec.get('command') or (rec.get('commands') or ['?'])[-1]}`"]) + " |")
+    return "\n".join(rows)
 
 
 def update_readme(path: Path, tables: str) -> None:

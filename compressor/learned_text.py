@@ -85,8 +85,12 @@ class ArgmaxBackend:
 
     # -- backend interface ----------------------------------------------------------
     def accepts(self, data: Data) -> bool:
-        return (data.kind == BYTES and self.available()
-                and textstream.escape_fraction(np.asarray(data.array)) <= MAX_ESCAPE_FRACTION)
+        """Any bytes (out-of-alphabet bytes become escapes), once weights are installed."""
+        return data.kind == BYTES and self.available()
+
+    def auto_accepts(self, data: Data) -> bool:
+        """``auto`` tries the model only on text-like bytes (at most half escapes)."""
+        return self.accepts(data) and textstream.escape_fraction(np.asarray(data.array)) <= MAX_ESCAPE_FRACTION
 
     def encode(self, data: Data, progress=None) -> bytes:
         if data.kind != BYTES:

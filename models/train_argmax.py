@@ -289,7 +289,7 @@ def main(argv=None) -> None:
     p.add_argument("--weights-out", default=str(WEIGHTS_DIR / "argmax-v1.pt"))
     p.add_argument("--export-valid-chars", type=int, default=0, help="0 = all of valid.txt")
     p.add_argument("--delta-bits", type=int, default=0, help="coding grid 2**-b (0: chosen from q)")
-    p.add_argument("--window", type=int, default=64, help="grid bins per coded magnitude")
+    p.add_argument("--window", type=int, default=32, help="grid bins per coded magnitude (the grid step 2**-b is the finest that fits q in the window)")
     args = p.parse_args(argv)
     args.command = " ".join(["python -m amdcompress.models.train_argmax"] + (argv if argv is not None else sys.argv[1:]))
     if args.export:

@@ -175,6 +175,7 @@ def export(ckpt_path: str, weights_dir: str | None = None, eval_chars: int = 0, 
     from . import registry
 
     cfg, _, ema_sd, _, _, hist = load_start(ckpt_path)
+    ema_sd = registry.compact_state_dict(ema_sd)  # shipped as float16; the evaluation below is of exactly these
     torch.set_num_threads(threads)
     model = ema_model(cfg, ema_sd).eval()
     valid = chunks_of(load_symbols(valid_path), eval_chars)
@@ -186,8 +187,7 @@ def export(ckpt_path: str, weights_dir: str | None = None, eval_chars: int = 0, 
     state = {}
     for k, v in ema_sd.items():
         v = v.detach().cpu()
-        state[k] = v.to(torch.float64 if k == "alpha_bar" else torch.float32).contiguous() if v.is_floating_point() \
-            else v.contiguous()
+        state[k] = v.to(torch.float64).contiguous() if k == "alpha_bar" else v.contiguous()
     meta = {"steps": int(hist.get("step", 0)), "minutes": round(float(hist.get("elapsed", 0.0)) / 60.0, 2),
             "train_chars": int(hist.get("train_chars", 0)), "commands": list(hist.get("commands", []))}
     weights = {"format": "amdcompress-diffusion", "config": cfg, "state_dict": state, "meta": meta}

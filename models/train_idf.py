@@ -114,10 +114,10 @@ def load_start(path: str, device):
     obj = torch.load(path, map_location=device, weights_only=True)
     if "ema" in obj:  # full checkpoint
         return obj["config"], obj["model"], obj["ema"], obj.get("optimizer"), obj["step"], obj["elapsed"], obj
-    if "state_dict" in obj:  # shipped weights
+    if "state_dict" in obj:  # shipped weights (possibly stored as float16): train in float32
         meta = obj.get("meta", {})
-        return obj["config"], obj["state_dict"], obj["state_dict"], None, int(meta.get("steps", 0)), \
-            float(meta.get("minutes", 0.0)) * 60.0, obj
+        sd = {k: v.float() if v.is_floating_point() else v for k, v in obj["state_dict"].items()}
+        return obj["config"], sd, sd, None, int(meta.get("steps", 0)), float(meta.get("minutes", 0.0)) * 60.0, obj
     raise SystemExit(f"{path}: neither a checkpoint nor a weights file")
 
 
@@ -133,6 +133,7 @@ def export(ckpt_path: str, weights_dir: Path | None = None, command: str | None 
     entry = registry.MODELS[WEIGHTS_NAME]
     state = {k: v.detach().to("cpu", torch.float32).contiguous() if v.is_floating_point() else v.cpu().contiguous()
              for k, v in obj["ema"].items()}
+    state = registry.compact_state_dict(state)  # shipped as float16; held-out bpd below is of exactly these
     meta = {"steps": int(obj["step"]), "minutes": round(obj["elapsed"] / 60.0, 2)}
     hist = dict(obj.get("history", {}))
     test_path = obj.get("args", {}).get("test_data", TEST)

@@ -263,7 +263,8 @@ def test_backend_round_trip_with_escapes(weights_file):
         payload = b.encode(Data(BYTES, arr))
         assert b.decode(payload, BYTES, arr.shape).tobytes() == raw
     assert b.accepts(Data(BYTES, np.frombuffer(TEXT, dtype=np.uint8)))
-    assert not b.accepts(Data(BYTES, rng.integers(0, 256, 1000, dtype=np.uint8)))
+    assert b.accepts(Data(BYTES, rng.integers(0, 256, 1000, dtype=np.uint8)))  # explicit --model argmax codes anything
+    assert not b.auto_accepts(Data(BYTES, rng.integers(0, 256, 1000, dtype=np.uint8)))  # auto skips non-text
     assert not b.accepts(Data(1, np.zeros((4, 4, 3), dtype=np.uint8)))
     arr = np.frombuffer(TEXT, dtype=np.uint8)
     payload = b.encode(Data(BYTES, arr))
