@@ -210,6 +210,32 @@ def train(args) -> None:
     log("done", fh)
 
 
+def training_history(log_path: Path) -> list[dict]:
+    """The runs recorded in a training log: command line, start (step, minutes)
+    and the last held-out evaluation of each, so a resumed model's provenance
+    is complete."""
+    runs: list[dict] = []
+    try:
+        lines = log_path.read_text().splitlines()
+    except OSError:
+        return runs
+    for line in lines:
+        if "] command: " in line:
+            cmd = line.split("] command: ", 1)[1]
+            cmd = "python -m amdcompress.models.train_argmax " + cmd.split(" ", 1)[1] if " " in cmd else cmd
+            runs.append({"started": line[1:9], "command": cmd, "from_step": 0, "from_minutes": 0.0})
+        elif runs and "] resumed from " in line:
+            parts = line.split(" at step ")[1].split(", ")
+            runs[-1]["from_step"] = int(parts[0])
+            runs[-1]["from_minutes"] = float(parts[1].split()[0])
+        elif runs and "EVAL" in line:
+            f = line.split()
+            runs[-1]["last_eval"] = {"step": int(f[f.index("step") + 1]), "minutes": float(f[f.index("min") + 1]),
+                                     "valid_elbo_bpc": float(f[f.index("valid_elbo_bpc") + 1]),
+                                     "valid_nll_bpc": float(f[f.index("valid_nll_bpc") + 1])}
+    return runs
+
+
 def export(args) -> None:
     """Checkpoint -> models/weights/argmax-v1.pt (config, float32 state dict,
     coding tables) + argmax-v1.json (provenance, full valid ELBO, sha256)."""
@@ -255,6 +281,7 @@ def export(args) -> None:
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "torch": torch.__version__,
     }
+    meta["training_runs"] = training_history(Path(args.export).parent / "train.log")
     Path(pt.with_suffix(".json")).write_text(json.dumps(meta, indent=2) + "\n")
     log(f"wrote {pt} ({pt.stat().st_size} bytes, sha256 {sha})")
 
