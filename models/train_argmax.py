@@ -173,7 +173,7 @@ def train(args) -> None:
         prev = x[:, -1:]
         ptr += T
         step += 1
-        lv = float(loss)
+        lv = float(loss.detach())
         ema = lv if ema is None else 0.98 * ema + 0.02 * lv
         bar.n = int(min(budget, elapsed_prev + time.time() - t_start))
         bar.set_postfix(step=step, elbo=f"{ema:.3f}", refresh=False)
