@@ -25,6 +25,8 @@ import hashlib
 import constriction
 import numpy as np
 
+from .varint import read_varint, write_varint
+
 _AnsCoder = constriction.stream.stack.AnsCoder
 _SEED_TAG = b"amdcompress/initial-bits/v1"
 
@@ -45,31 +47,11 @@ def seed_words(n: int) -> np.ndarray:
     return np.frombuffer(raw, dtype="<u4").astype(np.uint32)
 
 
-def _write_varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
+_write_varint = write_varint
 
 
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    n = shift = 0
-    while True:
-        if pos >= len(data):
-            raise CorruptStreamError("truncated varint in ANS stream")
-        b = data[pos]
-        pos += 1
-        n |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return n, pos
-        shift += 7
-        if shift > 63:
-            raise CorruptStreamError("varint too long in ANS stream")
+    return read_varint(data, pos, lambda: CorruptStreamError("truncated or over-long varint in ANS stream"))
 
 
 class Message:

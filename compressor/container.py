@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from .errors import AmdError
 from .formats import KIND_NDIM, validate_shape
+from .codecs.varint import read_varint, write_varint
 
 MAGIC = b"AMD"
 VERSION = 1
@@ -49,28 +50,11 @@ def crc32(data: bytes) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+_varint = write_varint
 
 
 def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    n = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise AmdError("truncated file (header)")
-        b = buf[pos]
-        pos += 1
-        n |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return n, pos
-        shift += 7
-        if shift > 56:
-            raise AmdError("corrupt header: number too long")
+    return read_varint(buf, pos, lambda: AmdError("truncated file (header)"))
 
 
 def pack(header: Header, payload: bytes) -> bytes:

@@ -13,6 +13,7 @@ import lzma
 import numpy as np
 
 from .errors import AmdError
+from .codecs.varint import read_varint, write_varint
 
 ALPHABET = b" abcdefghijklmnopqrstuvwxyz"
 K = len(ALPHABET)
@@ -21,26 +22,11 @@ _LUT[np.frombuffer(ALPHABET, dtype=np.uint8)] = np.arange(K)
 _FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+_varint = write_varint
 
 
 def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    n = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 56:
-            raise AmdError("corrupt payload: bad escape table")
-        b = buf[pos]
-        pos += 1
-        n |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return n, pos
-        shift += 7
+    return read_varint(buf, pos, lambda: AmdError("corrupt payload: bad escape table"))
 
 
 def escape_fraction(raw: np.ndarray) -> float:

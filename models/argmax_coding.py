@@ -54,6 +54,7 @@ from amdcompress.codecs import Categorical, Message
 from amdcompress.codecs.distributions import det_exp, det_sigmoid, quantize_weights
 
 from .argmax import BITS, K, START, ArgmaxFlow, split_params
+from amdcompress.codecs.varint import read_varint, write_varint
 
 STREAM_VERSION = 1
 PARAM_GRID = 4096.0        # network outputs are rounded to multiples of 1/4096
@@ -68,26 +69,11 @@ class StreamError(ValueError):
 
 
 # -- small helpers ----------------------------------------------------------------
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+_varint = write_varint
 
 
 def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    n = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 56:
-            raise StreamError("truncated header")
-        b = buf[pos]
-        pos += 1
-        n |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return n, pos
-        shift += 7
+    return read_varint(buf, pos, lambda: StreamError("truncated header"))
 
 
 def lane_layout(n: int) -> tuple[int, int, int]:

@@ -70,6 +70,7 @@ from amdcompress.codecs.core import information_bits
 from amdcompress.errors import AmdError
 
 from .diffusion import CHUNK, K, Denoiser, chain
+from amdcompress.codecs.varint import read_varint, write_varint
 
 VERSION = 1
 GRID_BITS = 12           # log-probabilities are rounded to multiples of 2^-GRID_BITS
@@ -79,26 +80,11 @@ MAX_BLOCK = 4096
 
 
 # --------------------------------------------------------------------------- helpers
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+_varint = write_varint
 
 
 def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    n = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 56:
-            raise AmdError("corrupt payload: truncated diffusion stream header")
-        b = buf[pos]
-        pos += 1
-        n |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return n, pos
-        shift += 7
+    return read_varint(buf, pos, lambda: AmdError("corrupt payload: truncated diffusion stream header"))
 
 
 def seed_words_for(n: int) -> int:
