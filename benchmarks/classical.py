@@ -24,20 +24,21 @@ from __future__ import annotations
 
 import argparse
 import bz2
-import datetime as _dt
 import gzip
-import hashlib
 import io
 import json
 import lzma
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.provenance import git_commit, machine_info, now, sha256_file  # noqa: E402
 from typing import Callable
 
 import numpy as np
@@ -300,39 +301,6 @@ def bench_text_codec(codec: Codec, data: bytes) -> dict:
 
 # --------------------------------------------------------------------------- provenance
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def git_commit(repo: Path = REPO) -> str | None:
-    """Short HEAD commit of the repo, with '+dirty' for uncommitted changes; None if unknown."""
-    try:
-        run = lambda *a: subprocess.run(["git", "-C", str(repo), *a], capture_output=True,
-                                        text=True, timeout=10, check=True).stdout.strip()
-        commit = run("rev-parse", "--short", "HEAD")
-        return commit + ("+dirty" if run("status", "--porcelain", "--untracked-files=no") else "")
-    except Exception:
-        return None
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    u = platform.uname()
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "system": u.system, "release": u.release,
-            "machine": u.machine, "node": u.node}
-
-
 def library_versions() -> dict:
     import zlib
 
@@ -417,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "libraries": library_versions(),
         "commit": git_commit(),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": now(),
         "total_s": round(total_s, 2),
         "notes": {
             "image": [

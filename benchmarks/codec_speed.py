@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.provenance import git_commit, machine_info, now  # noqa: E402
 
 import numpy as np
 
@@ -67,14 +68,6 @@ def run_case(build, symbols: np.ndarray) -> dict:
             "overhead_pct": 100.0 * (bits - ideal) / ideal, "verified": True}
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except Exception:
-        return "unknown"
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1_000_000)
@@ -88,9 +81,7 @@ def main(argv=None) -> int:
         print(f"{name:32s} tables {r['table_build_sym_per_s'] / 1e6:6.2f} M/s  "
               f"encode {r['encode_sym_per_s'] / 1e6:6.2f} M/s  decode {r['decode_sym_per_s'] / 1e6:6.2f} M/s  "
               f"overhead {r['overhead_pct']:.3f}%")
-    meta = {"machine": f"{platform.machine()} {platform.processor() or platform.platform()}",
-            "python": sys.version.split()[0], "numpy": np.__version__, "commit": _commit(),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "threads": 1}
+    meta = {"machine": machine_info(threads=1), "numpy": np.__version__, "commit": git_commit(), "date": now()}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

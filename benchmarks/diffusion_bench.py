@@ -25,15 +25,17 @@ from __future__ import annotations
 import argparse
 import bz2
 import datetime as _dt
-import hashlib
 import json
 import lzma
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.provenance import git_commit, machine_info, sha256_bytes  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results"
@@ -41,41 +43,7 @@ DEFAULT_DATA = REPO.parent / "shared" / "data"
 TEXT_FILE = "text8/valid.txt"
 
 
-def sha256_bytes(b: bytes) -> str:
-    return hashlib.sha256(b).hexdigest()
-
-
-def git_commit() -> str | None:
-    try:
-        run = lambda *a: subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True,
-                                        timeout=10, check=True).stdout.strip()
-        return run("rev-parse", "--short", "HEAD") + ("+dirty" if run("status", "--porcelain",
-                                                                      "--untracked-files=no") else "")
-    except Exception:
-        return None
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    u = platform.uname()
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "system": u.system, "machine": u.machine}
-    try:
-        info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        pass
-    return info
-
-
 def bench_one(raw: bytes, steps: int, setting: str, model_bytes: int, weights: dict) -> dict:
-    import numpy as np
-
     from amdcompress import api, backends, formats, learned_diffusion
 
     backend = backends.by_name("diffusion")

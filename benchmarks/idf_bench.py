@@ -17,35 +17,20 @@ the coder's fixed thread count (1), so the timings are single-core.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import hashlib
 import io
 import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.provenance import git_commit, machine_info, now, sha256_file  # noqa: E402
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST = Path("/work/shared/data/cifar10/test.npy")
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _commit() -> str:
-    try:
-        c = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                           check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
-        return c + ("+dirty" if dirty.strip() else "")
-    except Exception:
-        return "unknown"
 
 
 def _png(a: np.ndarray) -> bytes:
@@ -135,13 +120,12 @@ def main(argv=None) -> int:
 
     meta = {
         "benchmark": "benchmarks/idf_bench.py",
-        "data": {"image": {"file": str(a.data), "sha256": _sha(Path(a.data)),
+        "data": {"image": {"file": str(a.data), "sha256": sha256_file(Path(a.data)),
                            "split": f"CIFAR-10 test, first {len(data)} images (batch: first {a.batch}, "
                                     f"per-image: first {k})"}},
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "torch": torch.__version__, "coding_threads": idf_coding.CODING_THREADS},
-        "commit": _commit(),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(torch=torch.__version__, coding_threads=idf_coding.CODING_THREADS),
+        "commit": git_commit(),
+        "date": now(),
         "model": {"weights": rec["file"], "sha256": rec["sha256"], "steps": rec.get("steps"),
                   "minutes": rec.get("minutes"), "test_bpd_nll": rec.get("final_test_bpd")},
         "notes": {"image": [

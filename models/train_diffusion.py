@@ -48,6 +48,9 @@ from .diffusion import (
     make_config,
     training_loss,
 )
+from .training import EMA, RunLog, atomic_save, pick_device, write_record
+from .training import load_text_symbols as load_symbols
+from .training import lr_at as schedule
 
 DATA_DIR = Path(os.environ.get("AMDCOMPRESS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 TRAIN = str(DATA_DIR / "text8" / "train.txt")
@@ -96,17 +99,6 @@ def parse_args(argv=None):
 
 
 # ---------------------------------------------------------------------------
-def load_symbols(path: str) -> np.ndarray:
-    """Text in the text8 alphabet -> uint8 symbols 0..26 (space = 0)."""
-    from amdcompress.textstream import _LUT
-
-    raw = np.fromfile(path, dtype=np.uint8)
-    codes = _LUT[raw]
-    if (codes < 0).any():
-        raise SystemExit(f"{path}: {int((codes < 0).sum())} bytes outside the text8 alphabet")
-    return codes.astype(np.uint8)
-
-
 def chunks_of(symbols: np.ndarray, limit: int = 0) -> torch.Tensor:
     """Whole 256-char chunks of the first ``limit`` symbols (0: all)."""
     s = symbols[:limit] if limit else symbols
@@ -114,30 +106,8 @@ def chunks_of(symbols: np.ndarray, limit: int = 0) -> torch.Tensor:
     return torch.from_numpy(s[:n].astype(np.int64).reshape(-1, CHUNK))
 
 
-class EMA:
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
-        for k, v in model.state_dict().items():
-            if v.dtype.is_floating_point and k != "alpha_bar":
-                self.shadow[k].lerp_(v.detach(), 1.0 - d)
-            else:
-                self.shadow[k].copy_(v)
-
-
 def lr_at(step: int, a) -> float:
-    lr = a.lr * min(1.0, (step + 1) / max(1, a.warmup)) * 0.5 ** (step / a.half_life)
-    return max(lr, a.min_lr) if step >= a.warmup else lr
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    return schedule(step, a.lr, a.warmup, a.half_life, a.min_lr)
 
 
 def load_start(path: str):
@@ -160,9 +130,12 @@ def ema_model(cfg: dict, ema_sd: dict) -> Denoiser:
 
 
 def evaluate(model: Denoiser, valid: torch.Tensor, steps_list=(None,), samples: int = 1) -> dict:
-    """Held-out negative ELBO (bits/char) for each chain length (None: all T)."""
+    """Held-out negative ELBO (bits/char) for each chain length (None: all T);
+    lengths the model cannot run (more than its T steps) are left out."""
     out = {}
     for s in steps_list:
+        if s is not None and s > model.T:
+            continue
         key = "T" if s is None else str(s)
         out[key] = elbo_bpc(model, valid, steps=s, samples=samples, seed=1234)
     return out
@@ -192,7 +165,7 @@ def export(ckpt_path: str, weights_dir: str | None = None, eval_chars: int = 0, 
             "train_chars": int(hist.get("train_chars", 0)), "commands": list(hist.get("commands", []))}
     weights = {"format": "amdcompress-diffusion", "config": cfg, "state_dict": state, "meta": meta}
     wpath = wdir / WEIGHTS_FILE
-    _atomic_save(weights, wpath)
+    atomic_save(weights, wpath)
     sha = registry.sha256_file(wpath)
     bzip2 = 2.193
     auto_note = (f"valid ELBO {bpc['T']:.3f} bpc after {meta['minutes']} min of training"
@@ -219,24 +192,15 @@ def export(ckpt_path: str, weights_dir: str | None = None, eval_chars: int = 0, 
         "valid_elbo_bpc": round(bpc["T"], 4),
         "valid_elbo_bpc_is": (f"negative ELBO of the full T={cfg['T']}-step chain, bits/char, EMA weights, one "
                               "stratified step sample per 256-char chunk of valid.txt (unbiased estimate)"),
-        "valid_elbo_bpc_by_coding_steps": {str(s): round(bpc[str(s)], 4) for s in CODING_STEPS},
+        "valid_elbo_bpc_by_coding_steps": {k: round(v, 4) for k, v in bpc.items() if k != "T"},
         "eval_seconds": round(eval_s, 1),
         "note": (note + " " if note else "") + auto_note,
         "commands": hist.get("commands", []),
         "export_command": command or " ".join(shlex.quote(a) for a in sys.argv),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    rpath = wdir / RECORD_FILE
-    tmp = rpath.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(rec, indent=2) + "\n")
-    os.replace(tmp, rpath)
+    write_record(rec, wdir / RECORD_FILE)
     return rec
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def main(argv=None) -> int:
@@ -258,15 +222,7 @@ def main(argv=None) -> int:
     torch.manual_seed(a.seed)
     rng = np.random.default_rng(a.seed + int(time.time()))
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    logf = open(out / "log.txt", "a")
-    metf = open(out / "metrics.jsonl", "a")
-
-    def log(msg: str) -> None:
-        line = f"{_dt.datetime.now().strftime('%Y-%m-%d %H:%M:%S')} {msg}"
-        print(line, flush=True)
-        logf.write(line + "\n")
-        logf.flush()
+    log = RunLog(out)
 
     opt_state = sampler_state = None
     history: dict = {}
@@ -280,7 +236,7 @@ def main(argv=None) -> int:
     if model_sd is not None:
         model.load_state_dict(model_sd)
     model.to(device)
-    ema = EMA(model, a.ema)
+    ema = EMA(model, a.ema, frozen=("alpha_bar",))
     if ema_sd is not None:
         for k, v in ema_sd.items():
             ema.shadow[k].copy_(v.to(ema.shadow[k].dtype))
@@ -306,18 +262,16 @@ def main(argv=None) -> int:
 
     def checkpoint() -> None:
         history.update(step=step, elapsed=elapsed, train_chars=seen)
-        _atomic_save({"config": cfg, "model": model.state_dict(), "ema": ema.shadow, "optimizer": opt.state_dict(),
+        atomic_save({"config": cfg, "model": model.state_dict(), "ema": ema.shadow, "optimizer": opt.state_dict(),
                       "sampler": sampler.state_dict(), "history": history, "args": vars(a)}, out / "last.pt")
 
     def run_eval() -> dict:
         m = ema_model(cfg, ema.shadow).to(device)
         res = evaluate(m, valid, (None, a.eval_steps) if a.eval_steps else (None,))
         rec = {"step": step, "minutes": round(elapsed / 60, 2), "train_chars": seen,
-               "valid_elbo_bpc": res["T"], **({f"valid_elbo_bpc_{a.eval_steps}": res[str(a.eval_steps)]}
-                                               if a.eval_steps else {}),
+               "valid_elbo_bpc": res["T"], **{f"valid_elbo_bpc_{k}": v for k, v in res.items() if k != "T"},
                "train_bpc": history.get("train_bpc"), "chars_per_s": history.get("chars_per_s")}
-        metf.write(json.dumps(rec) + "\n")
-        metf.flush()
+        log.metrics(rec)
         log("eval: " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
         return rec
 

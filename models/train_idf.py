@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import math
-import os
 import platform
 import sys
 import time
@@ -30,6 +28,8 @@ import numpy as np
 import torch
 
 from .idf import IDF, count_params, make_config, to_input
+from .training import EMA, RunLog, atomic_save, pick_device, write_record
+from .training import lr_at as schedule
 
 DATA = "/work/shared/data/cifar10/train.npy"
 TEST = "/work/shared/data/cifar10/test.npy"
@@ -68,24 +68,8 @@ def parse_args(argv=None):
 # ---------------------------------------------------------------------------
 
 
-class EMA:
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
-        for k, v in model.state_dict().items():
-            if v.dtype.is_floating_point:
-                self.shadow[k].lerp_(v.detach(), 1.0 - d)
-            else:
-                self.shadow[k].copy_(v)
-
-
 def lr_at(step: int, a) -> float:
-    lr = a.lr * min(1.0, (step + 1) / max(1, a.warmup)) * 0.5 ** (step / a.half_life)
-    return max(lr, a.min_lr) if step >= a.warmup else lr
+    return schedule(step, a.lr, a.warmup, a.half_life, a.min_lr)
 
 
 @torch.no_grad()
@@ -101,12 +85,6 @@ def evaluate(model: IDF, images: np.ndarray, batch: int = 100, device="cpu", cha
         dims += x.numel()
     model.train()
     return bits / dims
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def load_start(path: str, device):
@@ -143,7 +121,7 @@ def export(ckpt_path: str, weights_dir: Path | None = None, command: str | None 
         hist["test_bpd"] = evaluate(model, np.load(test_path))
     weights = {"format": "amdcompress-idf", "config": obj["config"], "state_dict": state, "meta": meta}
     wpath = wdir / entry["file"]
-    _atomic_save(weights, wpath)
+    atomic_save(weights, wpath)
     sha = registry.sha256_file(wpath)
     rec = {
         "name": WEIGHTS_NAME,
@@ -166,10 +144,7 @@ def export(ckpt_path: str, weights_dir: Path | None = None, command: str | None 
         "export_command": command or " ".join(sys.argv),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    rpath = wdir / entry["record"]
-    tmp = rpath.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(rec, indent=2) + "\n")
-    os.replace(tmp, rpath)
+    write_record(rec, wdir / entry["record"])
     return rec
 
 
@@ -184,19 +159,11 @@ def main(argv=None) -> int:
         return 0
 
     torch.set_num_threads(a.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device()
     torch.manual_seed(a.seed)
     rng = np.random.default_rng(a.seed + int(time.time()))
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    logf = open(out / "log.txt", "a")
-    metf = open(out / "metrics.jsonl", "a")
-
-    def log(msg: str) -> None:
-        line = f"{_dt.datetime.now().strftime('%Y-%m-%d %H:%M:%S')} {msg}"
-        print(line, flush=True)
-        logf.write(line + "\n")
-        logf.flush()
+    log = RunLog(out)
 
     step, elapsed, opt_state, history = 0, 0.0, None, {}
     if a.resume:
@@ -236,7 +203,7 @@ def main(argv=None) -> int:
     log("config " + json.dumps({k: v for k, v in cfg.items() if k != "perms"}))
 
     def checkpoint(path: Path) -> None:
-        _atomic_save({"config": cfg, "model": model.state_dict(), "ema": ema.shadow, "optimizer": opt.state_dict(),
+        atomic_save({"config": cfg, "model": model.state_dict(), "ema": ema.shadow, "optimizer": opt.state_dict(),
                       "step": step, "elapsed": elapsed, "args": vars(a), "history": history}, path)
 
     def run_eval() -> float:
@@ -251,8 +218,7 @@ def main(argv=None) -> int:
         rec = {"step": step, "minutes": round(elapsed / 60, 2), "train_bpd": history.get("train_bpd"),
                "test_bpd": bpd, "lr": lr_at(step, a), "images_per_s": history.get("images_per_s"),
                "eval_s": round(time.time() - t0, 1), "time": _dt.datetime.now().isoformat(timespec="seconds")}
-        metf.write(json.dumps(rec) + "\n")
-        metf.flush()
+        log.metrics(rec)
         log(f"eval step {step} ({elapsed / 60:.1f} min): test bpd {bpd:.4f} (EMA), train bpd "
             f"{history.get('train_bpd', float('nan')):.4f}, {history.get('images_per_s', 0):.1f} img/s")
         return bpd

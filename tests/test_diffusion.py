@@ -213,6 +213,30 @@ def test_tiny_model_loss_decreases():
     assert before < math.log2(27) + 1.5
 
 
+def test_train_script_resume_and_export(tmp_path):
+    import json
+
+    from amdcompress.models import registry, train_diffusion
+
+    text = bytes(np.frombuffer(b" abcdefghijklmnopqrstuvwxyz", np.uint8)[text_symbols(4096, seed=5)])
+    (tmp_path / "train.txt").write_bytes(text)
+    (tmp_path / "valid.txt").write_bytes(text[:1024])
+    common = ["--data", str(tmp_path / "train.txt"), "--valid", str(tmp_path / "valid.txt"),
+              "--out", str(tmp_path / "run"), "--batch", "2", "--threads", "1", "--warmup", "2",
+              "--eval-chars", "512", "--no-tqdm"]
+    assert train_diffusion.main(common + ["--max-steps", "3", "--config", json.dumps(TINY)]) == 0
+    ck = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert {"model", "ema", "optimizer"} <= set(ck) and ck["history"]["step"] == 3
+    assert train_diffusion.main(common + ["--max-steps", "5", "--resume", str(tmp_path / "run" / "last.pt")]) == 0
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["history"]["step"] == 5
+    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["valid_elbo_bpc"] > 0
+    wdir = tmp_path / "weights"
+    assert train_diffusion.main(["--export", "--resume", str(tmp_path / "run" / "last.pt"), "--weights-dir", str(wdir),
+                                 "--valid", str(tmp_path / "valid.txt"), "--export-eval-chars", "512"]) == 0
+    rec = json.loads((wdir / D.RECORD_FILE).read_text())
+    assert rec["sha256"] == registry.sha256_file(wdir / D.WEIGHTS_FILE) and rec["steps"] == 5
+
+
 def test_importance_sampler_weights_are_inverse_probabilities():
     s = D.StepSampler(4, "importance", warm=1)
     rng = np.random.default_rng(0)

@@ -1,0 +1,65 @@
+"""Where a benchmark number came from: data hash, commit, machine, date.
+
+Every result file's ``meta`` is built from these, so a reader can tell which
+data, split, machine and commit produced a figure.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+from amdcompress.models.registry import sha256_file  # noqa: F401  (re-exported)
+
+__all__ = ["git_commit", "machine_info", "now", "sha256_bytes", "sha256_file"]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sha256_bytes(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def git_commit(repo: Path = REPO) -> str | None:
+    """Short HEAD commit, with ``+dirty`` when tracked files have uncommitted
+    changes; None outside a git checkout."""
+    try:
+        def run(*a: str) -> str:
+            return subprocess.run(["git", "-C", str(repo), *a], capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip()
+
+        commit = run("rev-parse", "--short", "HEAD")
+        return commit + ("+dirty" if run("status", "--porcelain", "--untracked-files=no") else "")
+    except Exception:
+        return None
+
+
+def machine_info(**extra) -> dict:
+    """CPU model and count, OS, the load average when the benchmark started
+    (a busy machine makes timings slower), Python; plus ``extra`` keys (e.g.
+    torch threads)."""
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    u = platform.uname()
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "system": u.system, "release": u.release,
+            "machine": u.machine, "python": platform.python_version()}
+    try:
+        info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    info.update(extra)
+    return info
+
+
+def now() -> str:
+    """UTC time, ISO 8601, seconds."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
