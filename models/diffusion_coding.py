@@ -59,7 +59,6 @@ Stream layout (``encode`` output)::
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
@@ -69,6 +68,7 @@ from amdcompress.codecs import Categorical, Message, Uniform, det_exp, quantize_
 from amdcompress.codecs.core import information_bits
 from amdcompress.errors import AmdError
 
+from .determinism import coding_mode
 from .diffusion import CHUNK, K, Denoiser, chain
 from amdcompress.codecs.varint import read_varint, write_varint
 
@@ -91,17 +91,6 @@ def seed_words_for(n: int) -> int:
     """Initial-bits words to start from: more than any single pop of all n
     symbols can take (log2 27 < 5 bits each); only the consumed part is stored."""
     return 64 + (5 * n + 31) // 32
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Coding distributions are computed with exactly one torch thread."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def blocks(n: int, block: int, length: int = CHUNK) -> list[tuple[int, int, int]]:
@@ -294,7 +283,7 @@ class DiffusionCoder:
         seen = 0.0            # the largest debt per symbol a generation has run up so far
         gens: list[int] = []
         lo = 0
-        with one_thread():
+        with coding_mode():
             while lo < n:
                 if not gens:
                     g = self.first
@@ -356,7 +345,7 @@ class DiffusionCoder:
         ts = chain(self.T, steps)
         out = np.empty(n, dtype=np.int64)
         ends = np.cumsum(gens)
-        with one_thread():
+        with coding_mode():
             for gi in range(len(gens) - 1, -1, -1):
                 hi = int(ends[gi])
                 lo = hi - gens[gi]

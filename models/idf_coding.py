@@ -13,7 +13,7 @@ Exactness rests on the decoder computing bit-identical network outputs:
 * the couplings add ``round(t(x_a))``, where ``t`` is evaluated on the same
   integer-valued float32 tensor, of the same shape, on both sides;
 * coding runs on the CPU with :data:`CODING_THREADS` torch threads and
-  deterministic algorithms (:func:`deterministic`);
+  deterministic algorithms (:func:`.determinism.coding_mode`);
 * prior parameters are rounded to multiples of :data:`GRID` before the integer
   frequency tables are built (by :mod:`amdcompress.codecs`, deterministic in
   numpy), which makes a mismatch between machines rarer; the container's CRC
@@ -30,7 +30,6 @@ pixels are coded too (the container records the true size, the caller crops).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Callable
 
@@ -49,9 +48,9 @@ from amdcompress.codecs.distributions import logistic_mixture_weights
 from amdcompress.codecs.message import CorruptStreamError
 from amdcompress.errors import AmdError
 
+from .determinism import CODING_THREADS, coding_mode
 from .idf import CENTER, IDF, LOG_SCALE_MAX, LOG_SCALE_MIN, Part, logistic_mixture_logp, to_input
 
-CODING_THREADS = 1
 LO, HI = -(1 << 15), (1 << 15) - 1
 GRID_BITS = 10
 GRID = 2.0 ** -GRID_BITS
@@ -60,21 +59,6 @@ INNER_TAIL_BITS = 0      # inner window: the core of the mixture (measured faste
 OUTER_TAIL_BITS = 14     # the outer window leaves at most ~2**-14 to the uniform escape
 MAX_TABLE = 1 << 21      # table entries built at once (memory bound)
 PIXELS_PER_CHUNK = 1 << 17  # padded pixels per network batch (images are never split)
-
-
-@contextlib.contextmanager
-def deterministic(threads: int = CODING_THREADS):
-    """Fixed thread count, deterministic torch algorithms, no autograd."""
-    old_threads = torch.get_num_threads()
-    old_det = torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        torch.use_deterministic_algorithms(old_det)
-        torch.set_num_threads(old_threads)
 
 
 def padded_size(h: int, w: int, multiple: int) -> tuple[int, int]:
@@ -266,7 +250,7 @@ def encode(model: IDF, images: np.ndarray, progress: Callable | None = None) -> 
     bar = progress(len(chunks)) if progress else None
     m = Message.empty()
     model.eval()
-    with deterministic():
+    with coding_mode(CODING_THREADS):
         for s, e in reversed(chunks):
             parts = model.analyse(to_input(padded[s:e]), ste=False)
             for part in reversed(parts):
@@ -293,7 +277,7 @@ def decode(model: IDF, payload: bytes, shape: tuple[int, int, int, int], progres
     bar = progress(len(chunks)) if progress else None
     L = len(model.levels)
     model.eval()
-    with deterministic():
+    with coding_mode(CODING_THREADS):
         for s, e in chunks:
             k = e - s
             a_shape = model.top_shape(k, hp, wp)
@@ -328,7 +312,7 @@ def model_bits(model: IDF, images: np.ndarray, batch: int = 100) -> float:
     padded = pad_images(np.ascontiguousarray(images, dtype=np.uint8), model.multiple)
     total = 0.0
     model.eval()
-    with deterministic():
+    with coding_mode(CODING_THREADS):
         for s in range(0, len(padded), batch):
             for p in model.analyse(to_input(padded[s : s + batch]), ste=False):
                 lp = logistic_mixture_logp(p.z.double(), p.mu.double(), p.log_scale.double(), p.logit.double())
