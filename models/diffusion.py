@@ -59,6 +59,7 @@ DEFAULT_CONFIG = {
     "heads": 4,
     "ff": 1024,        # MLP hidden width
     "dropout": 0.0,
+    "conv": 0,         # depthwise conv kernel mixing neighbours in each block (0: none)
 }
 
 
@@ -70,6 +71,8 @@ def make_config(**overrides) -> dict:
     cfg.update(overrides)
     if cfg["d"] % cfg["heads"]:
         raise ValueError("d must be a multiple of heads")
+    if cfg["conv"] < 0 or (cfg["conv"] and cfg["conv"] % 2 == 0):
+        raise ValueError("conv must be 0 or an odd kernel size")
     return cfg
 
 
@@ -181,9 +184,12 @@ class Block(nn.Module):
     """Pre-LayerNorm transformer block (bidirectional) with an additive
     per-layer timestep projection."""
 
-    def __init__(self, d: int, heads: int, ff: int, dropout: float):
+    def __init__(self, d: int, heads: int, ff: int, dropout: float, conv: int = 0):
         super().__init__()
         self.heads = heads
+        if conv:  # local mixing: neighbours are visible from the first step of training
+            self.ln0 = nn.LayerNorm(d)
+            self.dw = nn.Conv1d(d, d, conv, padding=conv // 2, groups=d)
         self.temb = nn.Linear(d, d)
         self.ln1 = nn.LayerNorm(d)
         self.qkv = nn.Linear(d, 3 * d)
@@ -197,6 +203,8 @@ class Block(nn.Module):
     def forward(self, h: torch.Tensor, te: torch.Tensor) -> torch.Tensor:
         b, n, d = h.shape
         h = h + self.temb(te)[:, None, :]
+        if hasattr(self, "dw"):
+            h = h + self.dw(self.ln0(h).transpose(1, 2)).transpose(1, 2)
         q, k, v = self.qkv(self.ln1(h)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         o = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         h = h + self.drop(self.proj(o.transpose(1, 2).reshape(b, n, d)))
@@ -216,7 +224,7 @@ class Denoiser(nn.Module):
         self.tok = nn.Embedding(cfg["K"], d)
         self.pos = nn.Parameter(torch.randn(cfg["length"], d) * 0.02)
         self.time = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d), nn.SiLU())
-        self.blocks = nn.ModuleList(Block(d, cfg["heads"], cfg["ff"], cfg["dropout"]) for _ in range(cfg["layers"]))
+        self.blocks = nn.ModuleList(Block(d, cfg["heads"], cfg["ff"], cfg["dropout"], cfg["conv"]) for _ in range(cfg["layers"]))
         self.ln = nn.LayerNorm(d)
         self.out = nn.Linear(d, cfg["K"])
         self.register_buffer("alpha_bar", torch.from_numpy(alpha_bar_for(cfg)))

@@ -14,7 +14,7 @@ from amdcompress import AmdError, api, backends, formats
 from amdcompress.models import diffusion as D
 from amdcompress.models import diffusion_coding as DC
 
-TINY = {"T": 20, "d": 32, "layers": 1, "heads": 2, "ff": 64}
+TINY = {"T": 20, "d": 32, "layers": 1, "heads": 2, "ff": 64, "conv": 3}
 
 
 @pytest.fixture(scope="module", autouse=True)
