@@ -1,6 +1,7 @@
-"""Benchmark the Argmax Flow text model (``amdcompress --model argmax``) on text8 valid.txt.
+"""Benchmark the Argmax Flow text models (``amdcompress --model argmax`` / ``argmax-coupling``) on text8 valid.txt.
 
-    python benchmarks/argmax_bench.py [--data /work/shared/data/text8/valid.txt] [--sizes 1024,20480,0]
+    python benchmarks/argmax_bench.py [--model argmax] [--data /work/shared/data/text8/valid.txt] [--sizes 1024,20480,0]
+    python benchmarks/argmax_bench.py --model argmax-coupling      # sizes 1000,20000,0 -> results/argmax_coupling.json
 
 For each size (bytes from the start of valid.txt; 0 = the whole file) it writes
 a real ``.amd`` file through the public API (container header included), decodes
@@ -8,7 +9,7 @@ it, compares, and records the file size, bits per character, wall times, the
 model's negative ELBO and exact -log2 P(x) on the same text under the coder's
 lane layout, the overhead of the coded size over the ELBO and the initial bits
 consumed. Rows (schema: top of benchmarks/report.py) go to
-``benchmarks/results/argmax.json``.
+``benchmarks/results/argmax.json`` (``argmax_coupling.json`` for ``--model argmax-coupling``).
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def _seed_words_touched(payload: bytes, lanes: int) -> int:
 
 def bench_one(raw: bytes, setting: str, samples: int) -> dict:
     backend = backends.by_name("argmax")
-    model, _, sha = backend._load()
+    model, _, sha = backend.loaded()
     t0 = time.perf_counter()
     blob = api.compress(raw, model="argmax")
     enc = time.perf_counter() - t0
@@ -94,23 +95,92 @@ def bench_one(raw: bytes, setting: str, samples: int) -> dict:
         "params": {"weights": backend.path.name, "sha256": sha, "elbo_samples": samples,
                    "torch": torch.__version__, "threads": 1,
                    "coder": "bits-back ANS (constriction 0.5.0), grid 2^-%d, window %d" % (
-                       int(backend._load()[1]["delta_bits"]), int(backend._load()[1]["window"]))},
+                       int(backend.loaded()[1]["delta_bits"]), int(backend.loaded()[1]["window"]))},
     }
+
+
+def bench_one_coupling(raw: bytes, setting: str, samples: int) -> dict:
+    """One row for ``argmax-coupling``: the same measurements as :func:`bench_one`
+    (no exact -log2 P(x): the coupling prior has no tractable marginal of x)."""
+    from amdcompress.models.argmax_coupling import chunked_nelbo_bits, count_params
+
+    backend = backends.by_name("argmax-coupling")
+    coder, sha = backend.loaded()
+    t0 = time.perf_counter()
+    blob = api.compress(raw, model="argmax-coupling")
+    enc = time.perf_counter() - t0
+    stats = dict(backend.last_stats)
+    t0 = time.perf_counter()
+    back = api.decompress(blob)
+    dec = time.perf_counter() - t0
+    info = api.info(blob)
+    sym, _ = textstream.split(np.frombuffer(raw, dtype=np.uint8))
+    torch.set_num_threads(1)
+    elbo_bits = chunked_nelbo_bits(coder.model, sym, samples=samples)
+    n = len(raw)
+    bits = 8 * len(blob)
+    stream, esc = textstream.unpack(blob[info.header_bytes:])
+    cfg = coder.model.config
+    return {
+        "domain": "text", "codec": "amdcompress-argmax-coupling", "setting": setting,
+        "bytes": len(blob), "dims": n, "bits_per_dim": bits / n,
+        "encode_s": round(enc, 3), "decode_s": round(dec, 3), "verified": back == raw,
+        "encode_chars_per_s": round(n / enc, 1), "decode_chars_per_s": round(n / dec, 1),
+        "encode_MBps": round(n / enc / 1e6, 5), "decode_MBps": round(n / dec / 1e6, 5),
+        "elbo_bpc": elbo_bits / n, "nll_bpc": None,
+        "info_bpc": stats.get("info_bits", float("nan")) / n,
+        "overhead_bpc": bits / n - elbo_bits / n,
+        "overhead_bits_vs_elbo": bits - elbo_bits,
+        "overhead_bits_vs_info": bits - stats.get("info_bits", float("nan")),
+        "container_header_bytes": info.header_bytes,
+        "model_stream_bytes": len(stream), "escape_bytes": len(esc),
+        "initial_seed_words_touched": stats.get("initial_words_used", 0),
+        "chunks": stats.get("chunks", 0),
+        "model_bytes": backend.path.stat().st_size, "model_params": count_params(coder.model),
+        "params": {"weights": backend.path.name, "sha256": sha, "elbo_samples": samples,
+                   "torch": torch.__version__, "threads": 1,
+                   "coder": "bits-back ANS (constriction 0.5.0), grid 2^-%d, q window %d, chunks of %d chars, "
+                            "%d couplings, base window +-%d" % (coder.db, coder.W, cfg.chunk, cfg.layers,
+                                                               coder.base.half_window)},
+    }
+
+
+MODELS = {  # --model -> (row function, default sizes, default output, notes)
+    "argmax": (bench_one, "1024,20480,0", "argmax.json", [
+        "amdcompress-argmax: Argmax Flow (LSTM 1x512 context, autoregressive logistic-mixture prior over the "
+        "5-bit binary code, thresholding q), bits-back ANS on a fixed-point grid; sizes are whole .amd files.",
+        "elbo_bpc / nll_bpc: the model's negative ELBO (one q sample per char for the 1 MB file) and exact "
+        "-log2 P(x) on the same text and lane layout; overhead_bpc = bits_per_dim - elbo_bpc.",
+        "Timings on a shared 2-core machine, one torch thread."]),
+    "argmax-coupling": (bench_one_coupling, "1000,20000,0", "argmax_coupling.json", [
+        "amdcompress-argmax-coupling: Argmax Flow with a coupling-flow prior (additive couplings rounded to the "
+        "coding grid, 1-D conv nets, factorized logistic-mixture base per position) on chunks of characters, "
+        "the same thresholding q as amdcompress-argmax; bits-back ANS on the integer grid; sizes are whole "
+        ".amd files.",
+        "elbo_bpc: the model's negative ELBO on the same text and chunking (one q sample per char for the 1 MB "
+        "file, 8 otherwise); overhead_bpc = bits_per_dim - elbo_bpc (container header, initial bits of the "
+        "first chunk, ANS); info_bpc: exact information content of the coded symbols.",
+        "Timings on a shared 2-core machine (another training running), one torch thread."]),
+}
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="argmax", choices=sorted(MODELS))
     p.add_argument("--data", default=str(DEFAULT_DATA))
-    p.add_argument("--sizes", default="1024,20480,0", help="bytes from the start; 0 = whole file")
-    p.add_argument("--out", default=str(RESULTS / "argmax.json"))
+    p.add_argument("--sizes", default=None, help="bytes from the start; 0 = whole file (default per model)")
+    p.add_argument("--out", default=None, help="default: benchmarks/results/<model>.json")
     args = p.parse_args(argv)
+    row_fn, default_sizes, default_out, notes = MODELS[args.model]
+    args.sizes = args.sizes or default_sizes
+    args.out = args.out or str(RESULTS / default_out)
     torch.set_num_threads(1)
     data = Path(args.data).read_bytes()
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:
         raw = data if size == 0 else data[:size]
         setting = _label(size, len(data))
-        row = bench_one(raw, setting, samples=1 if len(raw) > 100_000 else 8)
+        row = row_fn(raw, setting, samples=1 if len(raw) > 100_000 else 8)
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("setting", "bytes", "bits_per_dim", "elbo_bpc", "nll_bpc",
                                                "overhead_bpc", "encode_s", "decode_s", "verified")}), flush=True)
@@ -125,13 +195,7 @@ def main(argv=None) -> None:
                     "cpus": os.cpu_count(), "torch_threads": 1, "python": platform.python_version()},
         "commit": commit + (" (+ uncommitted changes)" if commit else ""),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "notes": {"text": [
-            "amdcompress-argmax: Argmax Flow (LSTM 1x512 context, autoregressive logistic-mixture prior over the "
-            "5-bit binary code, thresholding q), bits-back ANS on a fixed-point grid; sizes are whole .amd files.",
-            "elbo_bpc / nll_bpc: the model's negative ELBO (one q sample per char for the 1 MB file) and exact "
-            "-log2 P(x) on the same text and lane layout; overhead_bpc = bits_per_dim - elbo_bpc.",
-            "Timings on a shared 2-core machine, one torch thread.",
-        ]},
+        "notes": {"text": notes},
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

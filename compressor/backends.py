@@ -4,7 +4,7 @@ Every backend has a stable one-byte id written into the container. Ids are
 assigned here by hand and never reused:
 
     0 store   1 lzma   2 jxl          (classical, always available)
-    16 idf   17 diffusion   18 argmax   19 discrete-flow   (learned models)
+    16 idf   17 diffusion   18 argmax   19 discrete-flow   20 argmax-coupling   (learned models)
 
 Learned models register themselves through :func:`register` when their
 module is importable; the classical ones guarantee that every input kind
@@ -169,7 +169,8 @@ def _load_learned() -> None:
     """Import the learned-model backends that are installed (each registers itself)."""
     import importlib
 
-    for mod in ("amdcompress.learned", "amdcompress.learned_text", "amdcompress.learned_diffusion"):
+    for mod in ("amdcompress.learned", "amdcompress.learned_text", "amdcompress.learned_diffusion",
+                "amdcompress.learned_discrete_flow", "amdcompress.learned_argmax_coupling"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

@@ -191,10 +191,11 @@ def models(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo("auto       picks, per input, the smallest file among the models below")
+    w = max(len(r["name"]) for r in rows)
+    click.echo(f"{'auto':<{w}}  picks, per input, the smallest file among the models below")
     for r in rows:
         kind = "learned  " if r["learned"] else "classical"
-        click.echo(f"{r['name']:<10} {kind} {r['weights']}  {r['description']}")
+        click.echo(f"{r['name']:<{w}}  {kind} {r['weights']}  {r['description']}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -107,17 +107,25 @@ def _softplus(u: float) -> float:
 
 
 # -- tables -----------------------------------------------------------------------
-def build_coding_tables(model: ArgmaxFlow, delta_bits: int = 0, window: int = 32) -> dict:
-    """The fixed part of the coder, from q's parameters: grid step 2**-b, window
-    start (in grid bins) and Q count table of every q node. Computed once (at
-    export, and stored with the weights, so every decoder uses the same integers)."""
+def q_support(q) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Per q node of a :class:`~.argmax.ThresholdQ`: the rounded ``mu``, ``sigma``
+    (u-space) and the range ``[lo, hi]`` of ``|v|`` that holds ``mu +- 4.5 sigma``
+    (where the coding window goes)."""
     with torch.no_grad():
-        mu_t, ls_t = model.q.params(torch.arange(model.q.mu.numel()))
+        mu_t, ls_t = q.params(torch.arange(q.mu.numel()))
         mu = _round(mu_t).double().tolist()
         ls = _round(ls_t).double().tolist()
     sig = [math.exp(s) for s in ls]
     lo_v = [_softplus(m - Q_TAIL_SIGMAS * s) for m, s in zip(mu, sig)]
     hi_v = [_softplus(m + Q_TAIL_SIGMAS * s) for m, s in zip(mu, sig)]
+    return mu, sig, lo_v, hi_v
+
+
+def build_coding_tables(model: ArgmaxFlow, delta_bits: int = 0, window: int = 32) -> dict:
+    """The fixed part of the coder, from q's parameters: grid step 2**-b, window
+    start (in grid bins) and Q count table of every q node. Computed once (at
+    export, and stored with the weights, so every decoder uses the same integers)."""
+    mu, sig, lo_v, hi_v = q_support(model.q)
     if not delta_bits:
         widest = max(h - l for h, l in zip(hi_v, lo_v))
         delta_bits = int(min(12, max(2, math.floor(math.log2(window / widest)))))
