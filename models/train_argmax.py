@@ -92,9 +92,10 @@ def lr_at(step: int, frac: float, args) -> float:
     return args.lr * warm * (args.final_lr_frac + (1 - args.final_lr_frac) * cos)
 
 
-def save_ckpt(path: Path, model, opt, state: dict) -> None:
+def save_ckpt(path: Path, model, opt, state: dict, kind: str = "argmax-checkpoint") -> None:
+    """A full training checkpoint (config, weights, optimizer, ``state``), written atomically."""
     tmp = path.with_suffix(".tmp")
-    torch.save({"kind": "argmax-checkpoint", "config": model.config.to_dict(), "model": model.state_dict(),
+    torch.save({"kind": kind, "config": model.config.to_dict(), "model": model.state_dict(),
                 "opt": opt.state_dict(), **state}, tmp)
     os.replace(tmp, path)
 

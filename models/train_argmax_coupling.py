@@ -20,7 +20,6 @@ import argparse
 import datetime
 import hashlib
 import json
-import os
 import platform
 import sys
 import time
@@ -31,6 +30,7 @@ import torch
 
 from .argmax_coupling import ArgmaxCouplingFlow, CouplingConfig, chunked_nelbo_bits, count_params
 from .train_argmax import load_symbols, log, lr_at
+from .train_argmax import save_ckpt as _save_ckpt
 
 DATA = Path("/work/shared/data/text8")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -43,10 +43,7 @@ def evaluate(model: ArgmaxCouplingFlow, sym: np.ndarray, seed: int = 1234) -> di
 
 
 def save_ckpt(path: Path, model, opt, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"kind": "argmax-coupling-checkpoint", "config": model.config.to_dict(), "model": model.state_dict(),
-                "opt": opt.state_dict(), **state}, tmp)
-    os.replace(tmp, path)
+    _save_ckpt(path, model, opt, state, kind="argmax-coupling-checkpoint")
 
 
 def train(args) -> None:

@@ -1,0 +1,278 @@
+"""Exact ANS coding of text with a Discrete Flow (:mod:`.discrete_flow`).
+
+No bits-back: the flow is a bijection, so the encoder computes ``z = f(x)`` and
+pushes ``z`` under the base; the decoder pops ``z`` and returns
+``x = f^-1(z)`` (modular inverses of the scales). The coded size is
+``-log2 P_base(z) = -log2 P(x)`` up to the 24-bit table quantization and the
+stream framing (:func:`nll_bits` is the reference it is tested against).
+
+Layout, a function of the symbol count ``n`` only (so the decoder rebuilds it):
+
+* Flow chunks: the symbols in order, cut into chunks of ``D = config.chunk``;
+  the last chunk is *shorter* (``n mod D`` symbols, no padding, so no bits are
+  spent on padding). Full chunks go through the flow in batches of
+  ``FLOW_BATCH`` chunks, the short chunk alone: the same batch shapes in the
+  encoder (forward) and the decoder (inverse), where each layer's ``(mu,
+  sigma)`` are recomputed from the unchanged half with the same code path.
+* Factorized base: ``z_i`` under the categorical of chunk position ``i mod D``.
+* AR base: ``z`` (length ``n``) is cut into ``L`` contiguous lanes
+  (``L = min(256, ceil(n / 4096))``, the last lane may be shorter), each read
+  by the LSTM from a zero state and the start token. The LSTM runs step by
+  step with batch ``L`` on both sides (:meth:`ARBase.step`; finished lanes are
+  fed the token 0), so the decoder pops position ``t`` of every lane at once.
+
+Determinism: every network runs on the CPU in float32 with the caller's fixed
+thread count (the backend uses 1) and identical batch shapes on both sides;
+base logits are rounded to multiples of ``2**-12`` and turned into integer
+tables by :func:`amdcompress.codecs.categorical_from_logits` (row-independent,
+so the encoder may build many rows at once and the decoder one step at a time).
+The container's checksum turns any remaining mismatch into an error.
+
+Stream layout: ``version (1 byte) | varint n | Message.to_bytes()``.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from amdcompress.codecs import Categorical, Message, categorical_from_logits
+from amdcompress.codecs.distributions import PRECISION
+from amdcompress.codecs.varint import read_varint, write_varint
+
+from .discrete_flow import LN2, DiscreteFlow, DiscreteFlowConfig
+
+STREAM_VERSION = 1
+PARAM_GRID = 4096.0        # base logits are rounded to multiples of 1/4096
+FLOW_BATCH = 256           # chunks per flow call
+MAX_LANES = 256
+CHARS_PER_LANE = 4096
+BLOCK = 1 << 16            # symbols per table build / push (factorized base)
+BLOCK_STEPS = 64           # lane steps per table build / push (AR base)
+
+
+class StreamError(ValueError):
+    """The model stream is not one this coder wrote."""
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    return read_varint(buf, pos, lambda: StreamError("truncated header"))
+
+
+def lane_layout(n: int) -> tuple[int, int, int]:
+    """(lanes, lane length, length of the last lane) for n >= 1 symbols."""
+    lanes = max(1, min(MAX_LANES, math.ceil(n / CHARS_PER_LANE)))
+    lane_len = math.ceil(n / lanes)
+    lanes = math.ceil(n / lane_len)
+    return lanes, lane_len, n - (lanes - 1) * lane_len
+
+
+def _round(t: torch.Tensor) -> torch.Tensor:
+    return torch.round(t * PARAM_GRID) / PARAM_GRID
+
+
+# -- the flow over a whole text ------------------------------------------------------
+@torch.no_grad()
+def apply_flow(model: DiscreteFlow, sym: np.ndarray, inverse: bool = False) -> np.ndarray:
+    """x -> z (or z -> x with ``inverse``) for a whole symbol sequence, in the
+    chunk layout above. ``apply_flow(m, apply_flow(m, x), inverse=True) == x``."""
+    sym = np.asarray(sym, dtype=np.int64)
+    d = model.config.chunk
+    n = sym.size
+    full = n // d
+    out = np.empty_like(sym)
+    fn = model.flow_inverse if inverse else model.flow_forward
+    if full:
+        xs = torch.from_numpy(sym[: full * d].reshape(full, d))
+        parts = [fn(xs[i : i + FLOW_BATCH]) for i in range(0, full, FLOW_BATCH)]
+        out[: full * d] = torch.cat(parts).reshape(-1).numpy()
+    if n > full * d:
+        out[full * d :] = fn(torch.from_numpy(sym[full * d :])[None])[0].numpy()
+    return out
+
+
+# -- base tables ---------------------------------------------------------------------
+def factorized_counts(model: DiscreteFlow) -> np.ndarray:
+    """(D, K) count table of each chunk position of the factorized base."""
+    with torch.no_grad():
+        return categorical_from_logits(_round(model.base.logits.float()).numpy())
+
+
+def _ar_logits(model: DiscreteFlow, tok: torch.Tensor, state):
+    logits, state = model.base.step(tok, state)
+    return _round(logits).numpy(), state
+
+
+def _info_bits(counts: np.ndarray, z: np.ndarray) -> float:
+    return float(np.sum(PRECISION - np.log2(counts[np.arange(len(z)), z].astype(np.float64))))
+
+
+def _tick(bar, n):
+    if bar is not None:
+        bar.update(n)
+
+
+# -- encoder --------------------------------------------------------------------------
+@torch.no_grad()
+def encode_symbols(model: DiscreteFlow, sym: np.ndarray, progress=None, stats: dict | None = None) -> bytes:
+    """Symbols in 0..K-1 -> model stream bytes (decoded by :func:`decode_symbols`
+    with the same weights)."""
+    sym = np.asarray(sym, dtype=np.int64)
+    n = int(sym.size)
+    head = bytes([STREAM_VERSION]) + write_varint(n)
+    if n == 0:
+        return head + Message.empty().to_bytes()
+    k = model.config.k
+    if sym.min() < 0 or sym.max() >= k:
+        raise ValueError(f"symbol outside 0..{k - 1}")
+    model.eval()
+    bar = progress(2 * n) if progress is not None else None
+    z = apply_flow(model, sym)
+    m = Message.empty()
+    info = 0.0
+    if model.config.base == "factorized":
+        table = factorized_counts(model)
+        pos = np.arange(n) % model.config.chunk
+        _tick(bar, n)
+        for s in range(((n - 1) // BLOCK) * BLOCK, -1, -BLOCK):       # last block first (a stack)
+            counts = table[pos[s : s + BLOCK]]
+            Categorical(counts).push(m, z[s : s + BLOCK])
+            info += _info_bits(counts, z[s : s + BLOCK])
+            _tick(bar, min(BLOCK, n - s))
+        lanes = 0
+    else:
+        L, T, last = lane_layout(n)
+        Z = np.zeros((L, T), dtype=np.int64)
+        Z.reshape(-1)[:n] = z
+        logits = np.zeros((T, L, k), dtype=np.float32)
+        state = model.base.zero_state(L)
+        tok = torch.full((L,), k, dtype=torch.long)
+        Zt = torch.from_numpy(Z)
+        for t in range(T):
+            logits[t], state = _ar_logits(model, tok, state)
+            tok = Zt[:, t]
+            _tick(bar, L if t < last else L - 1)
+        for t1 in range(T, 0, -BLOCK_STEPS):                          # last steps first
+            t0 = max(0, t1 - BLOCK_STEPS)
+            active = np.ones((t1 - t0, L), dtype=bool)
+            active[max(0, last - t0):, L - 1] = False                   # the short last lane has ended
+            rows = logits[t0:t1][active]                              # (t, lane) order, as the decoder pops
+            zs = Z[:, t0:t1].T[active]
+            counts = categorical_from_logits(rows)
+            Categorical(counts).push(m, zs)
+            info += _info_bits(counts, zs)
+            _tick(bar, zs.size)
+        lanes = L
+    if bar is not None and hasattr(bar, "close"):
+        bar.close()
+    out = head + m.to_bytes()
+    if stats is not None:
+        stats.update({"symbols": n, "lanes": lanes, "info_bits": info, "stream_bytes": len(out)})
+    return out
+
+
+# -- decoder --------------------------------------------------------------------------
+@torch.no_grad()
+def decode_symbols(model: DiscreteFlow, stream: bytes, progress=None, max_symbols: int | None = None) -> np.ndarray:
+    """Model stream bytes -> symbols. Raises :class:`StreamError` (or the codec
+    layer's ``CorruptStreamError``) on a stream this coder did not write with
+    these weights, when the damage is detectable here."""
+    stream = bytes(stream)
+    if not stream or stream[0] != STREAM_VERSION:
+        raise StreamError("unknown discrete-flow stream version")
+    n, pos = _read_varint(stream, 1)
+    if n > 1 << 40 or (max_symbols is not None and n > max_symbols):
+        raise StreamError("implausible length")
+    m = Message.from_bytes(stream[pos:])
+    k = model.config.k
+    model.eval()
+    if n == 0:
+        if not m.is_empty():
+            raise StreamError("trailing data")
+        return np.zeros(0, dtype=np.int64)
+    bar = progress(n) if progress is not None else None
+    if model.config.base == "factorized":
+        table = factorized_counts(model)
+        pos_in_chunk = np.arange(n) % model.config.chunk
+        z = np.empty(n, dtype=np.int64)
+        for s in range(0, n, BLOCK):
+            m, z[s : s + BLOCK] = Categorical(table[pos_in_chunk[s : s + BLOCK]]).pop(m)
+            _tick(bar, min(BLOCK, n - s))
+    else:
+        L, T, last = lane_layout(n)
+        Z = np.zeros((L, T), dtype=np.int64)
+        state = model.base.zero_state(L)
+        tok = torch.full((L,), k, dtype=torch.long)
+        for t in range(T):
+            A = L if t < last else L - 1
+            logits, state = _ar_logits(model, tok, state)
+            m, Z[:A, t] = Categorical(categorical_from_logits(logits[:A])).pop(m)
+            tok = torch.from_numpy(Z[:, t].copy())
+            _tick(bar, A)
+        z = Z.reshape(-1)[:n]
+    if bar is not None and hasattr(bar, "close"):
+        bar.close()
+    if not m.is_empty():
+        raise StreamError("stream not consumed exactly")
+    return apply_flow(model, z, inverse=True)
+
+
+# -- reference: the model's own likelihood under the coder's layout ----------------------
+@torch.no_grad()
+def nll_bits(model: DiscreteFlow, sym: np.ndarray) -> float:
+    """Exact -log2 P(x) in bits (float model, no table quantization) of ``sym``
+    under the coder's chunk and lane layout: what the coded size approaches."""
+    sym = np.asarray(sym, dtype=np.int64)
+    n = int(sym.size)
+    if n == 0:
+        return 0.0
+    model.eval()
+    z = torch.from_numpy(apply_flow(model, sym))
+    k = model.config.k
+    if model.config.base == "factorized":
+        logp = torch.log_softmax(model.base.logits.float(), -1)
+        pos = torch.arange(n) % model.config.chunk
+        return float(-logp[pos, z].double().sum() / LN2)
+    L, T, last = lane_layout(n)
+    Z = torch.zeros(L * T, dtype=torch.long)
+    Z[:n] = z
+    Z = Z.reshape(L, T)
+    logp, _ = model.base.log_probs(F.one_hot(Z, k).float())
+    bits = -logp.gather(-1, Z[..., None])[..., 0].double() / LN2
+    return float(bits.reshape(-1)[:n].sum())
+
+
+# -- weights ----------------------------------------------------------------------------
+def model_from_bytes(raw: bytes) -> DiscreteFlow:
+    """Weights file bytes (config + state dict, float16 or float32) -> model in
+    eval mode, float32. Raises ValueError if the file does not fit the architecture."""
+    try:
+        obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise ValueError(f"unreadable weights file ({type(e).__name__})") from None
+    if not isinstance(obj, dict) or "config" not in obj or "state_dict" not in obj:
+        raise ValueError("weights file has an unexpected layout")
+    model = DiscreteFlow(DiscreteFlowConfig.from_dict(obj["config"]))
+    state = {k: v.float() if v.dtype == torch.float16 else v for k, v in obj["state_dict"].items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"weights do not fit the discrete-flow architecture ({str(e).splitlines()[0]})") from None
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def load_weights(path, expected_sha256: str | None = None) -> tuple[DiscreteFlow, str]:
+    """(model, sha256 hex) from a weights file; checks the full sha256 when given."""
+    raw = Path(path).read_bytes()
+    sha = hashlib.sha256(raw).hexdigest()
+    if expected_sha256 is not None and sha != expected_sha256:
+        raise ValueError(f"weights file {path} has sha256 {sha[:16]}..., expected {expected_sha256[:16]}...")
+    return model_from_bytes(raw), sha
