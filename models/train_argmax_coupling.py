@@ -31,6 +31,7 @@ import torch
 from .argmax_coupling import ArgmaxCouplingFlow, CouplingConfig, chunked_nelbo_bits, count_params
 from .train_argmax import load_symbols, log, lr_at
 from .train_argmax import save_ckpt as _save_ckpt
+from .training import start_from
 
 DATA = Path("/work/shared/data/text8")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -58,17 +59,19 @@ def train(args) -> None:
     valid_sym = load_symbols(Path(args.valid), args.eval_chars)
     log(f"train {len(train_sym)} chars, held-out {len(valid_sym)} chars", fh)
 
-    ck = torch.load(args.resume, map_location="cpu", weights_only=False) if args.resume else None
-    config = CouplingConfig.from_dict(ck["config"]) if ck else CouplingConfig(
+    ck = start_from(args.resume) if args.resume else None
+    config = CouplingConfig.from_dict(ck[0]) if ck else CouplingConfig(
         chunk=args.chunk, layers=args.layers, hidden=args.hidden, kernel=args.kernel, mixtures=args.mixtures,
         delta_bits=args.delta_bits)
     model = ArgmaxCouplingFlow(config)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.99))
     step, elapsed_prev, best = 0, 0.0, float("inf")
     if ck:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        step, elapsed_prev, best = ck["step"], ck["elapsed"], ck.get("best", best)
+        model.load_state_dict(ck[1])
+        if ck[2] is not None:
+            opt.load_state_dict(ck[2])
+            best = torch.load(args.resume, map_location="cpu", weights_only=False).get("best", best)
+        step, elapsed_prev = ck[3], ck[4]
         rng = np.random.default_rng(args.seed + step)
         log(f"resumed from {args.resume} at step {step}, {elapsed_prev / 60:.1f} min", fh)
     log(f"config {config.to_dict()} params {count_params(model)} threads {args.threads}", fh)

@@ -33,6 +33,7 @@ import torch
 from .discrete_flow import DiscreteFlow, DiscreteFlowConfig, count_params
 from .train_argmax import load_symbols, log, lr_at
 from .train_argmax import save_ckpt as _save_ckpt
+from .training import start_from
 
 DATA = Path("/work/shared/data/text8")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -77,18 +78,21 @@ def train(args) -> dict:
     valid_sym = load_symbols(Path(args.valid), args.eval_chars)
     log(f"train {len(train_sym)} chars, held-out {len(valid_sym)} chars", fh)
 
-    ck = torch.load(args.resume, map_location="cpu", weights_only=False) if args.resume else None
-    config = DiscreteFlowConfig.from_dict(ck["config"]) if ck else DiscreteFlowConfig(
+    ck = start_from(args.resume) if args.resume else None
+    config = DiscreteFlowConfig.from_dict(ck[0]) if ck else DiscreteFlowConfig(
         chunk=args.chunk, layers=args.layers, net_hidden=args.net_hidden, net_depth=args.net_depth,
         kernel=args.kernel, temperature=args.temperature, base=args.base, hidden=args.hidden, emb=args.emb)
     model = DiscreteFlow(config)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.99))
     step, elapsed_prev, best, ptr = 0, 0.0, float("inf"), None
     if ck:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        step, elapsed_prev, best = ck["step"], ck["elapsed"], ck.get("best", best)
-        ptr = np.asarray(ck["ptr"], dtype=np.int64) if ck.get("ptr") is not None else None
+        model.load_state_dict(ck[1])
+        if ck[2] is not None:
+            opt.load_state_dict(ck[2])
+            full = torch.load(args.resume, map_location="cpu", weights_only=False)
+            best = full.get("best", best)
+            ptr = np.asarray(full["ptr"], dtype=np.int64) if full.get("ptr") is not None else None
+        step, elapsed_prev = ck[3], ck[4]
         log(f"resumed from {args.resume} at step {step}, {elapsed_prev / 60:.1f} min", fh)
     log(f"config {config.to_dict()} params {count_params(model)} threads {args.threads}", fh)
 

@@ -107,3 +107,26 @@ def load_text_symbols(path: str | Path) -> np.ndarray:
     if len(sym) != len(raw):
         raise SystemExit(f"{path}: {len(raw) - len(sym)} bytes outside the text8 alphabet")
     return sym.astype(np.uint8)
+
+
+def start_from(path: str | Path) -> tuple[dict, dict, dict | None, int, float]:
+    """What a training run resumes from: ``(config, float32 model state,
+    optimizer state or None, step, elapsed seconds)``.
+
+    ``path`` is a full checkpoint (``model`` + ``opt``: everything continues) or
+    a shipped weights file (``state_dict``, possibly float16: the weights
+    continue with a fresh optimizer, and the step count and minutes come from
+    the JSON record beside it, so the total training time stays right)."""
+    path = Path(path)
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    if "model" in ck and "opt" in ck:
+        return ck["config"], ck["model"], ck["opt"], int(ck["step"]), float(ck["elapsed"])
+    if "state_dict" not in ck:
+        raise SystemExit(f"{path}: neither a checkpoint nor a weights file")
+    state = {k: v.float() if v.is_floating_point() else v for k, v in ck["state_dict"].items()}
+    step, elapsed = 0, 0.0
+    rec = path.with_suffix(".json")
+    if rec.is_file():
+        meta = json.loads(rec.read_text())
+        step, elapsed = int(meta.get("steps", 0)), float(meta.get("minutes", 0.0)) * 60.0
+    return ck["config"], state, None, step, elapsed

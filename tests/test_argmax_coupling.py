@@ -295,3 +295,6 @@ def test_training_script_runs_and_exports(tmp_path):
     c, _ = acc.load_weights(out, meta["sha256"])
     sym = to_sym(TEXT)
     assert np.array_equal(c.decode(c.encode(sym)), sym)
+    # training continues from the shipped file alone, counting its steps and minutes
+    tr.main(common + ["--minutes", "0.3", "--resume", str(out), "--out", str(tmp_path / "run2")])
+    assert torch.load(tmp_path / "run2" / "last.pt", weights_only=False)["step"] > meta["steps"]

@@ -350,3 +350,6 @@ def test_training_script_runs_resumes_and_exports(tmp_path):
     model, _ = dc.load_weights(out, meta["sha256"])
     sym = to_sym(TEXT)
     assert np.array_equal(dc.decode_symbols(model, dc.encode_symbols(model, sym)), sym)
+    # training continues from the shipped file alone, counting its steps
+    tdf.main(common + ["--minutes", str(meta["minutes"] + 0.03), "--resume", str(out), "--out", str(tmp_path / "run2")])
+    assert torch.load(tmp_path / "run2" / "last.pt", weights_only=False)["step"] > meta["steps"]
