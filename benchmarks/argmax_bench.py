@@ -14,15 +14,15 @@ consumed. Rows (schema: top of benchmarks/report.py) go to
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
 import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.provenance import git_commit, machine_info, now  # noqa: E402
 
 import numpy as np
 import torch
@@ -184,17 +184,12 @@ def main(argv=None) -> None:
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("setting", "bytes", "bits_per_dim", "elbo_bpc", "nll_bpc",
                                                "overhead_bpc", "encode_s", "decode_s", "verified")}), flush=True)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = ""
     meta = {
         "data": {"file": str(args.data), "sha256": hashlib.sha256(data).hexdigest(),
                  "split": "text8 valid.txt (chars 10M-11M of text8)"},
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "torch_threads": 1, "python": platform.python_version()},
-        "commit": commit + (" (+ uncommitted changes)" if commit else ""),
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": machine_info(torch_threads=1),
+        "commit": git_commit(),
+        "date": now(),
         "notes": {"text": notes},
     }
     out = Path(args.out)

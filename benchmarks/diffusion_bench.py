@@ -155,9 +155,6 @@ def main(argv: list[str] | None = None) -> int:
             "prior included): the sampled form of the same bound, what an ideal coder with no initial bits and "
             "no header would write; overhead_vs_chain = bits_per_dim / chain_bpc - 1 isolates the initial bits "
             "(first generation of 64 chars), the 18-byte container header and the stream header.",
-            "With the smoke-run weights the denoiser barely depends on x_t (it predicts roughly the unigram "
-            "distribution), and for an x_t-independent x0hat the bits-back chain telescopes to the unigram code "
-            "length whatever the chain: that is why the 25/50/100-step rows have the same size.",
         ]},
     }
     out = Path(a.out)

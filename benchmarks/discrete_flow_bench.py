@@ -15,14 +15,15 @@ benchmarks/report.py) go to ``benchmarks/results/discrete_flow.json``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
 import json
-import os
-import platform
-import subprocess
+import sys
 import time
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.provenance import git_commit, machine_info, now  # noqa: E402
 
 import numpy as np
 import torch
@@ -105,19 +106,14 @@ def main(argv=None) -> None:
         print(json.dumps({k: row[k] for k in ("setting", "bytes", "bits_per_dim", "nll_bpc", "overhead_bpc",
                                                "encode_chars_per_s", "decode_chars_per_s", "verified")}), flush=True)
     BACKEND._path, BACKEND._loaded, BACKEND._sha = None, None, None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = ""
     meta = {
         "data": {"file": str(args.data), "sha256": hashlib.sha256(data).hexdigest(),
                  "split": "text8 valid.txt (chars 10M-11M of text8)"},
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "torch_threads": 1, "python": platform.python_version()},
-        "commit": commit + (" (+ uncommitted changes)" if commit else ""),
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": machine_info(torch_threads=1),
+        "commit": git_commit(),
+        "date": now(),
         "command": "python benchmarks/discrete_flow_bench.py " + " ".join(argv if argv is not None else
-                                                                         __import__("sys").argv[1:]),
+                                                                         sys.argv[1:]),
         "notes": {"text": [
             "amdcompress-discrete-flow: bipartite discrete flow (modular location-scale couplings, even/odd masks) "
             "over a base (LSTM = discrete autoregressive flow, or factorized); exact ANS coding of z = f(x); sizes "

@@ -92,7 +92,8 @@ def provenance(name: str, meta: dict, domain: str) -> str:
     d = _data_info(meta, domain)
     m = meta.get("machine")
     if isinstance(m, dict):
-        m = f"{m.get('cpu') or m.get('machine', '?')}, {m.get('cpu_count', '?')} CPUs, {m.get('system', '')} {m.get('release', '')}".strip()
+        cpu = m.get("cpu") or m.get("processor") or m.get("machine", "?")
+        m = f"{cpu}, {m.get('cpu_count') or m.get('cpus', '?')} CPUs, {m.get('system') or m.get('platform', '')} {m.get('release', '')}".strip()
     sha = d.get("sha256")
     parts = [
         f"data `{d.get('file', '?')}`" + (f" (sha256 `{sha[:16]}…`)" if sha else ""),
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
 START, END = "<!-- report:start -->", "<!-- report:end -->"
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "models" / "weights"
 HELD_OUT_KEYS = (("final_test_bpd", "test bpd (NLL)"), ("valid_elbo_bpc", "valid bpc (ELBO)"),
-                 ("valid_nll_bpc", "valid bpc (NLL)"))
+                 ("valid_nll_bpc", "valid bpc (NLL)"), ("valid_bpc", "valid bpc (NLL)"))
 
 
 def models_table(weights_dir: Path = WEIGHTS_DIR) -> str:
