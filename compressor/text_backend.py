@@ -32,9 +32,9 @@ MAX_ESCAPE_FRACTION = 0.5
 
 
 def weights_dir() -> Path:
-    import amdcompress.models as models
+    from amdcompress.models import registry
 
-    return Path(models.__file__).resolve().parent / "weights"
+    return registry.WEIGHTS_DIR
 
 
 class TextModelBackend:
@@ -44,7 +44,7 @@ class TextModelBackend:
     codec_id: int
     description: str
     learned = True
-    weights_name: str  # file stem in models/weights: <weights_name>.pt and .json
+    weights_name: str  # entry of amdcompress.models.registry: <weights_name>.pt and .json in models/weights
     in_auto = False    # whether ``--model auto`` tries it on text-like input
 
     def __init__(self, weights: str | Path | None = None):

@@ -402,10 +402,9 @@ RECORD_FILE = "diffusion-v1.json"
 
 
 def _registry():
-    """The shared weights registry, with this model's entry added."""
+    """The shared weights registry (it has this model's entry)."""
     from . import registry
 
-    registry.MODELS.setdefault(WEIGHTS_NAME, {"arch": "diffusion", "file": WEIGHTS_FILE, "record": RECORD_FILE})
     return registry
 
 
