@@ -70,7 +70,7 @@ def train(args) -> None:
         model.load_state_dict(ck[1])
         if ck[2] is not None:
             opt.load_state_dict(ck[2])
-            best = torch.load(args.resume, map_location="cpu", weights_only=False).get("best", best)
+            best = ck[5].get("best", best)
         step, elapsed_prev = ck[3], ck[4]
         rng = np.random.default_rng(args.seed + step)
         log(f"resumed from {args.resume} at step {step}, {elapsed_prev / 60:.1f} min", fh)

@@ -89,7 +89,7 @@ def train(args) -> dict:
         model.load_state_dict(ck[1])
         if ck[2] is not None:
             opt.load_state_dict(ck[2])
-            full = torch.load(args.resume, map_location="cpu", weights_only=False)
+            full = ck[5]
             best = full.get("best", best)
             ptr = np.asarray(full["ptr"], dtype=np.int64) if full.get("ptr") is not None else None
         step, elapsed_prev = ck[3], ck[4]

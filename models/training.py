@@ -109,9 +109,10 @@ def load_text_symbols(path: str | Path) -> np.ndarray:
     return sym.astype(np.uint8)
 
 
-def start_from(path: str | Path) -> tuple[dict, dict, dict | None, int, float]:
+def start_from(path: str | Path) -> tuple[dict, dict, dict | None, int, float, dict]:
     """What a training run resumes from: ``(config, float32 model state,
-    optimizer state or None, step, elapsed seconds)``.
+    optimizer state or None, step, elapsed seconds, the whole checkpoint)``
+    (the last is ``{}`` for a weights file), read once.
 
     ``path`` is a full checkpoint (``model`` + ``opt``: everything continues) or
     a shipped weights file (``state_dict``, possibly float16: the weights
@@ -120,7 +121,7 @@ def start_from(path: str | Path) -> tuple[dict, dict, dict | None, int, float]:
     path = Path(path)
     ck = torch.load(path, map_location="cpu", weights_only=False)
     if "model" in ck and "opt" in ck:
-        return ck["config"], ck["model"], ck["opt"], int(ck["step"]), float(ck["elapsed"])
+        return ck["config"], ck["model"], ck["opt"], int(ck["step"]), float(ck["elapsed"]), ck
     if "state_dict" not in ck:
         raise SystemExit(f"{path}: neither a checkpoint nor a weights file")
     state = {k: v.float() if v.is_floating_point() else v for k, v in ck["state_dict"].items()}
@@ -129,4 +130,4 @@ def start_from(path: str | Path) -> tuple[dict, dict, dict | None, int, float]:
     if rec.is_file():
         meta = json.loads(rec.read_text())
         step, elapsed = int(meta.get("steps", 0)), float(meta.get("minutes", 0.0)) * 60.0
-    return ck["config"], state, None, step, elapsed
+    return ck["config"], state, None, step, elapsed, {}
