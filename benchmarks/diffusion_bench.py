@@ -49,11 +49,11 @@ def bench_one(raw: bytes, steps: int, setting: str, model_bytes: int, weights: d
     backend = backends.by_name("diffusion")
     learned_diffusion.STEPS = steps
     data = formats.sniff(raw)
-    stats: dict = {}
     t0 = time.perf_counter()
-    payload = backend.encode(data, stats=stats)
+    payload = backend.encode(data)
     blob = api._frame(backend, data, payload)  # exactly what api.compress writes
     enc = time.perf_counter() - t0
+    stats = backend.last_stats
     t0 = time.perf_counter()
     back = api.decompress(blob)
     dec = time.perf_counter() - t0
@@ -104,16 +104,17 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from amdcompress.models import diffusion, registry
+    from amdcompress.models import registry
 
     data_dir = Path(a.data or os.environ.get("AMDCOMPRESS_DATA") or DEFAULT_DATA)
     path = data_dir / TEXT_FILE
     text = path.read_bytes()
-    if not diffusion.weights_available():
+    name = "diffusion-v1"
+    if not registry.available(name):
         print("error: the diffusion weights are not installed (models/weights/diffusion-v1.*)", file=sys.stderr)
         return 2
-    rec = registry.record(diffusion.WEIGHTS_NAME)
-    model_bytes = registry.weights_path(diffusion.WEIGHTS_NAME).stat().st_size
+    rec = registry.record(name)
+    model_bytes = registry.weights_path(name).stat().st_size
     torch.set_num_threads(1)
 
     rows = []

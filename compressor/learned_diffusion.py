@@ -13,18 +13,20 @@ used are recorded in the payload, so decoding needs no setting.
 
 Payload: ``textstream.pack(stream, escapes)`` with the stream of
 :meth:`DiffusionCoder.encode` (version, steps, block, symbol count,
-generation plan, ANS message).
+generation plan, ANS message). Weights checks, escapes, deterministic coding
+and one-line errors are :class:`~.text_backend.TextModelBackend`'s.
 """
 from __future__ import annotations
 
 import os
 
+from pathlib import Path
+
 import numpy as np
 
-from . import textstream
 from .backends import register
 from .errors import AmdError
-from .formats import BYTES, Data
+from .text_backend import TextModelBackend
 
 DEFAULT_STEPS = 100
 STEPS: int | None = None  # module-level override of the chain length (None: env var or default)
@@ -46,77 +48,32 @@ def coding_steps() -> tuple[int, str]:
     return DEFAULT_STEPS, "the default"
 
 
-class DiffusionBackend:
-    name, codec_id, learned = "diffusion", 17, True
+class DiffusionBackend(TextModelBackend):
+    """Multinomial diffusion on text; the chain length comes from :func:`coding_steps`."""
+
+    name, codec_id = "diffusion", 17
     description = "text: multinomial diffusion (Hoogeboom et al. 2021), bits-back along the chain"
+    weights_name = "diffusion-v1"
+    # Not tried by ``auto``: coding runs the network once per chain step over every
+    # character (~50-200 chars/s at 100 steps on one core), and the shipped weights
+    # (models/weights/diffusion-v1.json) do not beat the classical fallback yet.
+    in_auto = False
 
-    def __init__(self):
-        self._coder = None
+    def load(self, path: Path, sha256: str):
+        """A :class:`DiffusionCoder` around the (float32, eval-mode) denoiser."""
+        from amdcompress.models import diffusion, diffusion_coding, registry
 
-    # -- model ---------------------------------------------------------------
-    def _installed(self) -> bool:
-        try:
-            from amdcompress.models import diffusion
+        return diffusion_coding.DiffusionCoder(diffusion.model_from_weights(registry.read_weights(path)))
 
-            return diffusion.weights_available()
-        except ImportError:
-            return False
-
-    def coder(self):
-        if self._coder is None:
-            try:
-                import torch  # noqa: F401
-
-                from amdcompress.models import diffusion, diffusion_coding
-            except ImportError as e:
-                raise AmdError(f"model 'diffusion' needs torch ({e})") from None
-            self._coder = diffusion_coding.DiffusionCoder(diffusion.load_shipped())
-        return self._coder
-
-    def weights_tag(self) -> bytes:
-        from amdcompress.models import diffusion
-
-        return diffusion.weights_tag()
-
-    # -- backend interface ---------------------------------------------------
-    def accepts(self, data: Data) -> bool:
-        """Any bytes (out-of-alphabet bytes become escapes), once weights are installed."""
-        return data.kind == BYTES and self._installed()
-
-    def auto_accepts(self, data: Data) -> bool:
-        """Not tried by ``auto``: coding runs the network once per chain step over
-        every character (~50-200 chars/s at 100 steps on one core), and the
-        shipped weights (see models/weights/diffusion-v1.json) do not beat the
-        classical fallback yet. ``--model diffusion`` always works."""
-        return False
-
-    def encode(self, data: Data, progress=None, stats: dict | None = None) -> bytes:
-        if data.kind != BYTES:
-            raise AmdError("model 'diffusion' codes bytes (text) only")
-        symbols, escapes = textstream.split(np.asarray(data.array, dtype=np.uint8))
-        coder = self.coder()
+    def encode_symbols(self, coder, sym: np.ndarray, progress, stats: dict) -> bytes:
         steps, source = coding_steps()
         if not 1 <= steps <= coder.T:
             raise AmdError(f"diffusion steps must be in 1..{coder.T} (got {steps} from {source})")
-        stream = coder.encode(symbols, steps, progress=progress, stats=stats)
-        return textstream.pack(stream, escapes)
+        return coder.encode(sym, steps, progress=progress, stats=stats)
 
-    def decode(self, payload: bytes, kind: int, shape, progress=None) -> np.ndarray:
-        if kind != BYTES or len(shape) != 1:
-            raise AmdError("corrupt header: model 'diffusion' codes bytes only")
-        n = int(shape[0])
-        stream, escapes = textstream.unpack(bytes(payload))
-        try:
-            symbols = self.coder().decode(stream, max_symbols=n, progress=progress)
-        except AmdError:
-            raise
-        except (ValueError, IndexError, OverflowError) as e:
-            raise AmdError(f"corrupt payload ({e})") from None
-        except BaseException as e:  # constriction's PanicException derives from BaseException
-            if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError)):
-                raise
-            raise AmdError(f"corrupt payload ({type(e).__name__})") from None
-        return textstream.join(symbols, escapes, n)
+    def decode_symbols(self, coder, stream: bytes, progress, max_symbols: int) -> np.ndarray:
+        return coder.decode(stream, max_symbols=max_symbols, progress=progress)
 
 
-register(DiffusionBackend())
+BACKEND = DiffusionBackend()
+register(BACKEND)

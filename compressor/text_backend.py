@@ -105,8 +105,11 @@ class TextModelBackend:
                 try:
                     with coding_mode():
                         self._loaded = self.load(self.path, sha)
-                except (ValueError, KeyError, RuntimeError) as e:
-                    raise AmdError(f"{self.name} weights {self.path.name} do not load: {e}") from None
+                except AmdError:
+                    raise
+                except Exception as e:  # torch.load and load_state_dict fail in many ways
+                    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                    raise AmdError(f"{self.name} weights {self.path.name} do not load: {reason}") from None
                 self._sha = sha
             return self._loaded
 
@@ -151,6 +154,8 @@ class TextModelBackend:
         try:
             with coding_mode():
                 sym = self.decode_symbols(loaded, stream, progress, int(shape[0]))
+        except AmdError:
+            raise
         except (CorruptStreamError, ValueError, IndexError, OverflowError) as e:
             raise AmdError(f"corrupt payload ({e})") from None
         except BaseException as e:  # constriction's PanicException derives from BaseException

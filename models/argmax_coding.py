@@ -53,7 +53,7 @@ import torch
 from amdcompress.codecs import Categorical, Message
 from amdcompress.codecs.distributions import det_exp, det_sigmoid, quantize_weights
 
-from .argmax import BITS, K, START, ArgmaxFlow, split_params
+from .argmax import BITS, K, START, ArgmaxFlow
 from amdcompress.codecs.varint import read_varint, write_varint
 
 STREAM_VERSION = 1

@@ -397,32 +397,6 @@ def chain_elbo_bits(model: Denoiser, symbols: np.ndarray, steps: int, seed: int 
 
 # --------------------------------------------------------------------------- shipped weights
 WEIGHTS_NAME = "diffusion-v1"
-WEIGHTS_FILE = "diffusion-v1.pt"
-RECORD_FILE = "diffusion-v1.json"
-
-
-def _registry():
-    """The shared weights registry (it has this model's entry)."""
-    from . import registry
-
-    return registry
-
-
-def weights_available() -> bool:
-    return _registry().available(WEIGHTS_NAME)
-
-
-def weights_tag() -> bytes:
-    return _registry().weights_tag(WEIGHTS_NAME)
-
-
-def load_shipped() -> Denoiser:
-    """The shipped model (float32, eval mode, CPU), after checking the weights
-    file's full SHA-256 against its record (AmdError on mismatch)."""
-    from amdcompress.errors import AmdError
-
-    obj = _registry().load(WEIGHTS_NAME)
-    return model_from_weights(obj, AmdError)
 
 
 def model_from_weights(obj: dict, error=ValueError) -> Denoiser:

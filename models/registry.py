@@ -99,12 +99,17 @@ def load(name: str) -> dict:
     """Load checked weights: a dict with at least ``config`` and ``state_dict``."""
     import io
 
+    return read_weights(io.BytesIO(verified_bytes(name)), name)
+
+
+def read_weights(source, name: str = "") -> dict:
+    """A weights file (path or file object) whose hash the caller has checked:
+    its dict with ``config`` and a float32 ``state_dict``."""
     import torch
 
-    raw = verified_bytes(name)
-    obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    obj = torch.load(source, map_location="cpu", weights_only=True)
     if not isinstance(obj, dict) or "config" not in obj or "state_dict" not in obj:
-        raise AmdError(f"weights file of model {name!r} has an unexpected layout")
+        raise AmdError(f"weights file of model {name or source!r} has an unexpected layout")
     # shipped files store float16 (see compact_state_dict); models compute in float32
     obj["state_dict"] = {k: v.float() if v.dtype == torch.float16 else v for k, v in obj["state_dict"].items()}
     return obj

@@ -38,8 +38,6 @@ import torch
 
 from .diffusion import (
     CHUNK,
-    RECORD_FILE,
-    WEIGHTS_FILE,
     WEIGHTS_NAME,
     Denoiser,
     StepSampler,
@@ -164,7 +162,7 @@ def export(ckpt_path: str, weights_dir: str | None = None, eval_chars: int = 0, 
     meta = {"steps": int(hist.get("step", 0)), "minutes": round(float(hist.get("elapsed", 0.0)) / 60.0, 2),
             "train_chars": int(hist.get("train_chars", 0)), "commands": list(hist.get("commands", []))}
     weights = {"format": "amdcompress-diffusion", "config": cfg, "state_dict": state, "meta": meta}
-    wpath = wdir / WEIGHTS_FILE
+    wpath = wdir / registry.MODELS[WEIGHTS_NAME]["file"]
     atomic_save(weights, wpath)
     sha = registry.sha256_file(wpath)
     bzip2 = 2.193
@@ -174,7 +172,7 @@ def export(ckpt_path: str, weights_dir: str | None = None, eval_chars: int = 0, 
     rec = {
         "name": WEIGHTS_NAME,
         "arch": "multinomial-diffusion",
-        "file": WEIGHTS_FILE,
+        "file": wpath.name,
         "sha256": sha,
         "bytes": wpath.stat().st_size,
         "params": int(sum(v.numel() for k, v in state.items() if v.is_floating_point() and k != "alpha_bar")),
@@ -199,7 +197,7 @@ def export(ckpt_path: str, weights_dir: str | None = None, eval_chars: int = 0, 
         "export_command": command or " ".join(shlex.quote(a) for a in sys.argv),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    write_record(rec, wdir / RECORD_FILE)
+    write_record(rec, wdir / registry.MODELS[WEIGHTS_NAME]["record"])
     return rec
 
 

@@ -274,18 +274,6 @@ def test_backend_round_trip_with_escapes(weights_file):
         b.decode(payload, BYTES, (len(arr) + 5,))
 
 
-def test_backend_weights_checked(weights_file, tmp_path):
-    from amdcompress.learned_text import ArgmaxBackend
-
-    bad = tmp_path / "bad.pt"
-    bad.write_bytes(weights_file.read_bytes())
-    bad.with_suffix(".json").write_text(json.dumps({"sha256": "0" * 64}))
-    with pytest.raises(AmdError, match="weights"):
-        ArgmaxBackend(bad).encode(Data(BYTES, np.frombuffer(b"abc", dtype=np.uint8)))
-    with pytest.raises(AmdError, match="not installed"):
-        ArgmaxBackend(tmp_path / "missing.pt").encode(Data(BYTES, np.frombuffer(b"abc", dtype=np.uint8)))
-
-
 def test_backend_registered():
     from amdcompress import backends
 

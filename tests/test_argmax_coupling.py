@@ -243,18 +243,6 @@ def test_backend_round_trip_with_escapes(weights_file):
         assert "\n" not in str(e.value)
 
 
-def test_backend_weights_checked(weights_file, tmp_path):
-    from amdcompress.learned_argmax_coupling import ArgmaxCouplingBackend
-
-    bad = tmp_path / "bad.pt"
-    bad.write_bytes(weights_file.read_bytes())
-    bad.with_suffix(".json").write_text(json.dumps({"sha256": "0" * 64}))
-    with pytest.raises(AmdError, match="weights"):
-        ArgmaxCouplingBackend(bad).encode(Data(BYTES, np.frombuffer(b"abc", dtype=np.uint8)))
-    with pytest.raises(AmdError, match="not installed"):
-        ArgmaxCouplingBackend(tmp_path / "missing.pt").encode(Data(BYTES, np.frombuffer(b"abc", dtype=np.uint8)))
-
-
 def test_backend_registered_and_api_round_trip(weights_file, monkeypatch):
     from amdcompress import api, backends
 

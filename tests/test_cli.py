@@ -1,7 +1,6 @@
 """The command line: gzip/zstd conventions, one-line errors, no partial or
 overwritten files. Most tests call ``main(argv)``; one spawns the installed
 console script the way a user would."""
-import io
 import json
 import shutil
 import subprocess

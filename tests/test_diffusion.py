@@ -233,8 +233,8 @@ def test_train_script_resume_and_export(tmp_path):
     wdir = tmp_path / "weights"
     assert train_diffusion.main(["--export", "--resume", str(tmp_path / "run" / "last.pt"), "--weights-dir", str(wdir),
                                  "--valid", str(tmp_path / "valid.txt"), "--export-eval-chars", "512"]) == 0
-    rec = json.loads((wdir / D.RECORD_FILE).read_text())
-    assert rec["sha256"] == registry.sha256_file(wdir / D.WEIGHTS_FILE) and rec["steps"] == 5
+    rec = json.loads((wdir / "diffusion-v1.json").read_text())
+    assert rec["sha256"] == registry.sha256_file(wdir / "diffusion-v1.pt") and rec["steps"] == 5
 
 
 def test_importance_sampler_weights_are_inverse_probabilities():
@@ -251,13 +251,22 @@ def test_importance_sampler_weights_are_inverse_probabilities():
 
 # --------------------------------------------------------------------------- backend
 @pytest.fixture()
-def backend(tiny, monkeypatch):
+def tiny_weights(tiny, tmp_path):
+    """The tiny model as a weights file with no record beside it (explicit paths need none)."""
+    p = tmp_path / "tiny-diffusion.pt"
+    torch.save({"config": tiny.config, "state_dict": tiny.state_dict()}, p)
+    return p
+
+
+@pytest.fixture()
+def backend(tiny_weights, monkeypatch):
+    """The registered backend, pointed at the tiny model."""
     from amdcompress import learned_diffusion as LD
 
     b = backends.by_name("diffusion")
-    monkeypatch.setattr(b, "_coder", DC.DiffusionCoder(tiny))
-    monkeypatch.setattr(type(b), "weights_tag", lambda self: b"\x01\x02\x03\x04")
-    monkeypatch.setattr(type(b), "_installed", lambda self: True)
+    monkeypatch.setattr(b, "_path", tiny_weights)
+    monkeypatch.setattr(b, "_loaded", None)
+    monkeypatch.setattr(b, "_sha", None)
     monkeypatch.setattr(LD, "STEPS", 5)  # the tiny model has T = 20 (the default, 100, is for T = 1000)
     return b
 
@@ -318,16 +327,19 @@ def test_backend_corrupt_payload_raises(backend):
 def test_weights_hash_is_checked(tmp_path, monkeypatch):
     import json
 
+    from amdcompress import learned_diffusion as LD
     from amdcompress.models import registry
 
     torch.manual_seed(0)
     m = D.Denoiser(TINY)
-    torch.save({"config": m.config, "state_dict": m.state_dict()}, tmp_path / D.WEIGHTS_FILE)
-    sha = registry.sha256_file(tmp_path / D.WEIGHTS_FILE)
+    torch.save({"config": m.config, "state_dict": registry.compact_state_dict(m.state_dict())},
+               tmp_path / "diffusion-v1.pt")
+    sha = registry.sha256_file(tmp_path / "diffusion-v1.pt")
     monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)
-    (tmp_path / D.RECORD_FILE).write_text(json.dumps({"sha256": sha}))
-    loaded = D.load_shipped()
-    assert loaded.alpha_bar.dtype == torch.float64 and D.weights_tag() == bytes.fromhex(sha)[:4]
-    (tmp_path / D.RECORD_FILE).write_text(json.dumps({"sha256": "0" * 64}))
+    (tmp_path / "diffusion-v1.json").write_text(json.dumps({"sha256": sha}))
+    coder = LD.DiffusionBackend().loaded()
+    assert coder.model.alpha_bar.dtype == torch.float64 and coder.T == TINY["T"]
+    assert LD.DiffusionBackend().weights_tag() == bytes.fromhex(sha)[:4]
+    (tmp_path / "diffusion-v1.json").write_text(json.dumps({"sha256": "0" * 64}))
     with pytest.raises(AmdError, match="sha256"):
-        D.load_shipped()
+        LD.DiffusionBackend().loaded()

@@ -246,22 +246,6 @@ def test_api_and_cli_round_trip(weights_file, monkeypatch, tmp_path):
         api.decompress(blob[:-5])
 
 
-def test_backend_weights_checked(weights_file, tmp_path):
-    from amdcompress.learned_discrete_flow import DiscreteFlowBackend
-
-    bad = tmp_path / "bad.pt"
-    bad.write_bytes(weights_file.read_bytes())
-    bad.with_suffix(".json").write_text(json.dumps({"sha256": "0" * 64}))
-    with pytest.raises(AmdError, match="weights"):
-        DiscreteFlowBackend(bad).encode(Data(BYTES, np.frombuffer(b"abc", dtype=np.uint8)))
-    with pytest.raises(AmdError, match="not installed"):
-        DiscreteFlowBackend(tmp_path / "missing.pt").encode(Data(BYTES, np.frombuffer(b"abc", dtype=np.uint8)))
-    junk = tmp_path / "junk.pt"
-    junk.write_bytes(b"not a torch file")
-    with pytest.raises(AmdError, match="weights"):
-        DiscreteFlowBackend(junk).encode(Data(BYTES, np.frombuffer(b"abc", dtype=np.uint8)))
-
-
 def test_backend_registered_and_listed():
     from amdcompress import backends, cli
 

@@ -1,0 +1,95 @@
+"""What every learned text backend promises (:class:`TextModelBackend`), pinned
+once for all of them: checked weights, any bytes round-trip with the shipped
+model, and one-line errors for bad weights and bad payloads."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from amdcompress import api, backends
+from amdcompress.errors import AmdError
+from amdcompress.formats import BYTES, IMAGE_PNM, Data
+from amdcompress.text_backend import TextModelBackend
+
+TEXT_BACKENDS = sorted((b for b in backends.all_backends() if isinstance(b, TextModelBackend)),
+                       key=lambda b: b.codec_id)
+IDS = [b.name for b in TEXT_BACKENDS]
+SAMPLE = b"the cat sat on the mat. Then: 42 dogs \xe2\x80\x94 caf\xc3\xa9!\n"
+
+
+def fresh(backend: TextModelBackend, path) -> TextModelBackend:
+    """A new backend of the same class reading weights from ``path``."""
+    return type(backend)(path)
+
+
+def data(raw: bytes) -> Data:
+    return Data(BYTES, np.frombuffer(raw, dtype=np.uint8))
+
+
+def test_every_text_model_is_covered():
+    assert {"argmax", "argmax-coupling", "discrete-flow", "diffusion"} <= set(IDS)
+
+
+@pytest.mark.parametrize("backend", TEXT_BACKENDS, ids=IDS)
+def test_missing_weights_one_line_error(backend, tmp_path):
+    b = fresh(backend, tmp_path / "missing.pt")
+    assert not b.available() and not b.accepts(data(b"abc"))
+    with pytest.raises(AmdError, match="not installed") as e:
+        b.encode(data(b"abc"))
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("backend", TEXT_BACKENDS, ids=IDS)
+def test_hash_mismatch_refused(backend, tmp_path):
+    if not backend.available():
+        pytest.skip(f"{backend.name} weights not installed")
+    bad = tmp_path / "copy.pt"
+    bad.write_bytes(backend.path.read_bytes())
+    bad.with_suffix(".json").write_text(json.dumps({"sha256": "0" * 64}))
+    with pytest.raises(AmdError, match="weights check failed") as e:
+        fresh(backend, bad).encode(data(b"abc"))
+    assert "\n" not in str(e.value)
+    bad.with_suffix(".json").write_text("{not json")
+    with pytest.raises(AmdError, match="unreadable"):
+        fresh(backend, bad).encode(data(b"abc"))
+
+
+@pytest.mark.parametrize("backend", TEXT_BACKENDS, ids=IDS)
+def test_junk_weights_file_refused(backend, tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"this is not a weights file")
+    with pytest.raises(AmdError, match="weights") as e:
+        fresh(backend, junk).encode(data(b"abc"))
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("backend", TEXT_BACKENDS, ids=IDS)
+def test_shipped_model_round_trips_and_rejects_bad_payloads(backend, monkeypatch):
+    if not backend.available():
+        pytest.skip(f"{backend.name} weights not installed")
+    monkeypatch.setenv("AMDCOMPRESS_DIFFUSION_STEPS", "10")  # a short chain: same code path, 10x faster
+    for raw in (b"", b"a", SAMPLE):
+        blob = api.compress(raw, model=backend.name)
+        assert api.decompress(blob) == raw
+        assert api.info(blob).as_dict()["model"] == backend.name
+    payload = backend.encode(data(SAMPLE))
+    n = (len(SAMPLE),)
+    for bad in (payload[: len(payload) // 2], payload[:-3], b"\xff" * len(payload), b""):
+        try:  # a backend may decode a damaged payload to something; the container's CRC judges it
+            backend.decode(bad, BYTES, n)
+        except AmdError as e:
+            assert "\n" not in str(e)
+    blob = api.compress(SAMPLE, model=backend.name)
+    for i in range(len(blob) - 1, len(blob) - 40, -3):  # damage the payload byte by byte
+        hurt = bytearray(blob)
+        hurt[i] ^= 0x5A
+        try:
+            assert api.decompress(bytes(hurt)) == SAMPLE
+        except AmdError as e:
+            assert "\n" not in str(e)
+    with pytest.raises(AmdError, match="bytes only"):
+        backend.decode(payload, IMAGE_PNM, (2, 2, 3))
+    with pytest.raises(AmdError):
+        backend.encode(Data(IMAGE_PNM, np.zeros((2, 2, 3), dtype=np.uint8)))
