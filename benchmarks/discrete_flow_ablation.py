@@ -60,9 +60,7 @@ def main(argv=None) -> None:
                "--eval-chars", str(args.eval_chars), "--eval-minutes", str(max(1.0, args.minutes / 2)),
                "--ckpt-minutes", str(args.minutes), "--log-every", "200", "--out", str(run_dir)]
         if not args.no_train:
-            if (run_dir / "train.log").exists():
-                (run_dir / "train.log").unlink()          # one run per directory: a clean log
-            for f in ("last.pt", "best.pt"):
+            for f in ("log.txt", "metrics.jsonl", "last.pt", "best.pt"):  # one run per directory
                 if (run_dir / f).exists():
                     (run_dir / f).unlink()
             tdf.main(cmd)
@@ -76,7 +74,7 @@ def main(argv=None) -> None:
 
 
 def summarize(run_dir: Path, eval_chars: int) -> dict:
-    """One run's numbers, from its final checkpoint and log: held-out bpc (the
+    """One run's numbers, from its final checkpoint and metrics: held-out bpc (the
     training's final evaluation), its curve, steps, minutes, and the share of
     held-out characters the trained couplings change (z != x)."""
     import numpy as np
@@ -91,8 +89,7 @@ def summarize(run_dir: Path, eval_chars: int) -> dict:
     model = DiscreteFlow(DiscreteFlowConfig.from_dict(ck["config"]))
     model.load_state_dict(ck["model"])
     sym = load_symbols(DATA / "valid.txt", eval_chars)
-    evals = [float(l.split("valid_bpc ")[1].split()[0])
-             for l in (run_dir / "train.log").read_text().splitlines() if "EVAL" in l]
+    evals = [json.loads(line)["valid_bpc"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {"valid_bpc": ck["valid"]["bpc"], "valid_chars": ck["valid"]["chars"], "train_bpc": ck["train_bpc"],
             "steps": ck["step"], "minutes": round(ck["elapsed"] / 60, 2), "valid_bpc_curve": evals,
             "flow_changed_fraction": float(np.mean(apply_flow(model, sym) != sym))}

@@ -12,9 +12,10 @@ stream restarts from a zero state and the start token with probability
 decay over the ``--minutes`` budget (wall clock, so a run ends on time).
 Every ``--eval-minutes`` the held-out ELBO on the first ``--eval-chars`` of
 valid.txt is logged; every ``--ckpt-minutes`` ``OUT/last.pt`` is written (and
-``OUT/best.pt`` when the held-out ELBO improved). ``--resume`` takes a
-checkpoint (model, optimizer, schedule, data position) or a shipped weights
-file (model only, fresh schedule).
+``OUT/best.pt`` when the held-out ELBO improved); the loop is
+:class:`.training.BudgetedTraining`. ``--resume`` takes a checkpoint (model,
+optimizer, schedule, data position) or a shipped weights file (model, with its
+steps and minutes; fresh optimizer).
 """
 from __future__ import annotations
 
@@ -22,8 +23,6 @@ import argparse
 import datetime
 import hashlib
 import json
-import math
-import os
 import platform
 import sys
 import time
@@ -33,27 +32,14 @@ import numpy as np
 import torch
 
 from .argmax import ArgmaxConfig, ArgmaxFlow, START, count_params
+from .training import BudgetedTraining, load_text_symbols, start_from
 
 DATA = Path("/work/shared/data/text8")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
 def load_symbols(path: Path, limit: int | None = None) -> np.ndarray:
-    from amdcompress.textstream import split
-
-    raw = np.frombuffer(Path(path).read_bytes(), dtype=np.uint8)
-    if limit:
-        raw = raw[:limit]
-    sym, esc = split(raw)
-    return sym.astype(np.int64)
-
-
-def log(msg: str, fh=None) -> None:
-    line = f"[{datetime.datetime.now().strftime('%H:%M:%S')}] {msg}"
-    print(line, flush=True)
-    if fh is not None:
-        fh.write(line + "\n")
-        fh.flush()
+    return load_text_symbols(path, limit, np.int64)
 
 
 @torch.no_grad()
@@ -86,155 +72,46 @@ def evaluate(model: ArgmaxFlow, sym: np.ndarray, streams: int = 4, chunk: int = 
     return out
 
 
-def lr_at(step: int, frac: float, args) -> float:
-    warm = min(1.0, (step + 1) / max(1, args.warmup))
-    cos = 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
-    return args.lr * warm * (args.final_lr_frac + (1 - args.final_lr_frac) * cos)
-
-
-def save_ckpt(path: Path, model, opt, state: dict, kind: str = "argmax-checkpoint") -> None:
-    """A full training checkpoint (config, weights, optimizer, ``state``), written atomically."""
-    tmp = path.with_suffix(".tmp")
-    torch.save({"kind": kind, "config": model.config.to_dict(), "model": model.state_dict(),
-                "opt": opt.state_dict(), **state}, tmp)
-    os.replace(tmp, path)
-
-
-def load_any(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def train(args) -> None:
+def train(args) -> dict:
+    """Run one training (see the module docstring); returns the final held-out evaluation."""
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    fh = open(out / "train.log", "a")
-    log("command: " + " ".join(sys.argv), fh)
     torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-
     train_sym = load_symbols(Path(args.data))
     valid_sym = load_symbols(Path(args.valid), args.eval_chars)
-    log(f"train {len(train_sym)} chars, held-out {len(valid_sym)} chars", fh)
-
-    ck = load_any(Path(args.resume)) if args.resume else None
-    config = ArgmaxConfig.from_dict(ck["config"]) if ck else ArgmaxConfig(
+    ck = start_from(args.resume) if args.resume else None
+    if ck is not None and args.fresh_schedule:
+        ck = (ck[0], ck[1], None, 0, 0.0, {})
+    config = ArgmaxConfig.from_dict(ck[0]) if ck else ArgmaxConfig(
         hidden=args.hidden, emb=args.emb, head=args.head, mixtures=args.mixtures)
     model = ArgmaxFlow(config)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.99))
-    step, elapsed_prev, best, ptr = 0, 0.0, float("inf"), None
-    if ck:
-        model.load_state_dict(ck["model"] if "model" in ck else ck["state_dict"])
-        if ck.get("kind") == "argmax-checkpoint" and not args.fresh_schedule:
-            opt.load_state_dict(ck["opt"])
-            step, elapsed_prev, best = ck["step"], ck["elapsed"], ck.get("best", best)
-            ptr = np.asarray(ck["ptr"], dtype=np.int64) if ck.get("ptr") is not None else None
-        log(f"resumed from {args.resume} at step {step}, {elapsed_prev / 60:.1f} min", fh)
-    log(f"config {config.to_dict()} params {count_params(model)} threads {args.threads}", fh)
-
+    loop = BudgetedTraining(args, model, opt, kind="argmax-checkpoint", metric="elbo_bpc", resumed=ck)
+    loop.log(f"train {len(train_sym)} chars, held-out {len(valid_sym)} chars; config {config.to_dict()} "
+             f"params {count_params(model)} threads {args.threads}")
+    rng = np.random.default_rng(args.seed + loop.step)
     B, T = args.batch, args.bptt
     span = len(train_sym) // B
-    if ptr is None or len(ptr) != B:
-        ptr = np.arange(B, dtype=np.int64) * span
+    ptr = loop.saved.get("ptr")
+    ptr = np.asarray(ptr, dtype=np.int64) if ptr is not None and len(ptr) == B else np.arange(B, dtype=np.int64) * span
     data = torch.from_numpy(train_sym)
-    state = None
-    prev = torch.full((B, 1), START, dtype=torch.long)
-    budget = args.minutes * 60.0
-    t_start = time.time()
-    last_ck = last_ev = time.time()
-    ema = None
-    from tqdm import tqdm
+    carry = {"state": None, "prev": torch.full((B, 1), START, dtype=torch.long)}  # LSTM state, last char
 
-    bar = tqdm(total=int(budget), unit="s", mininterval=30, disable=args.no_tqdm, file=sys.stderr)
-    model.train()
-    while True:
-        elapsed = elapsed_prev + time.time() - t_start
-        if elapsed >= budget:
-            break
-        frac = elapsed / budget
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, frac, args)
-        # wrap streams that reach the end of their span
-        wrap = ptr + T + 1 > np.minimum(np.arange(1, B + 1) * span, len(train_sym))
+    def step_loss() -> torch.Tensor:
+        wrap = ptr + T + 1 > np.minimum(np.arange(1, B + 1) * span, len(train_sym))  # streams at their span's end
         ptr[wrap] = np.arange(B)[wrap] * span
-        idx = torch.from_numpy(ptr)[:, None] + torch.arange(T)[None, :]
-        x = data[idx]
+        x = data[torch.from_numpy(ptr)[:, None] + torch.arange(T)[None, :]]
         reset = torch.from_numpy(rng.random(B) < args.reset) | torch.from_numpy(wrap)
+        state, prev = carry["state"], carry["prev"]
         if state is not None:
             keep = (~reset).float()[None, :, None]
             state = tuple(s.detach() * keep for s in state)
         prev = torch.where(reset[:, None], torch.full_like(prev, START), prev)
-        tok = torch.cat([prev, x[:, :-1]], 1)
-        loss_c, state = model(x, state, tokens=tok)
-        loss = loss_c.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-        opt.step()
-        prev = x[:, -1:]
-        ptr += T
-        step += 1
-        lv = float(loss.detach())
-        ema = lv if ema is None else 0.98 * ema + 0.02 * lv
-        bar.n = int(min(budget, elapsed_prev + time.time() - t_start))
-        bar.set_postfix(step=step, elbo=f"{ema:.3f}", refresh=False)
-        bar.update(0)
-        if step % args.log_every == 0:
-            log(f"step {step} min {(elapsed_prev + time.time() - t_start) / 60:.1f} lr {opt.param_groups[0]['lr']:.2e} "
-                f"train_elbo_bpc {ema:.4f} gnorm {float(gn):.2f}", fh)
-        now = time.time()
-        if now - last_ev >= args.eval_minutes * 60:
-            ev = evaluate(model, valid_sym)
-            last_ev = time.time()
-            log(f"EVAL step {step} min {(elapsed_prev + last_ev - t_start) / 60:.1f} valid_elbo_bpc {ev['elbo_bpc']:.4f} "
-                f"valid_nll_bpc {ev['nll_bpc']:.4f} train_elbo_bpc {ema:.4f}", fh)
-            if ev["elbo_bpc"] < best:
-                best = ev["elbo_bpc"]
-                save_ckpt(out / "best.pt", model, opt, {"step": step, "elapsed": elapsed_prev + time.time() - t_start,
-                                                         "best": best, "ptr": ptr.tolist(), "train_elbo_bpc": ema,
-                                                         "valid": ev, "args": vars(args)})
-        if now - last_ck >= args.ckpt_minutes * 60:
-            save_ckpt(out / "last.pt", model, opt, {"step": step, "elapsed": elapsed_prev + time.time() - t_start,
-                                                     "best": best, "ptr": ptr.tolist(), "train_elbo_bpc": ema,
-                                                     "args": vars(args)})
-            last_ck = time.time()
-    bar.close()
-    ev = evaluate(model, valid_sym)
-    elapsed = elapsed_prev + time.time() - t_start
-    log(f"EVAL final step {step} min {elapsed / 60:.1f} valid_elbo_bpc {ev['elbo_bpc']:.4f} "
-        f"valid_nll_bpc {ev['nll_bpc']:.4f} train_elbo_bpc {ema:.4f}", fh)
-    st = {"step": step, "elapsed": elapsed, "best": min(best, ev["elbo_bpc"]), "ptr": ptr.tolist(),
-          "train_elbo_bpc": ema, "valid": ev, "args": vars(args)}
-    save_ckpt(out / "last.pt", model, opt, st)
-    if ev["elbo_bpc"] <= best:
-        save_ckpt(out / "best.pt", model, opt, st)
-    log("done", fh)
+        loss_c, state = model(x, state, tokens=torch.cat([prev, x[:, :-1]], 1))
+        carry["state"], carry["prev"] = state, x[:, -1:]
+        ptr[:] += T  # in place: the closure keeps the checkpointed array
+        return loss_c.mean()
 
-
-def training_history(log_path: Path) -> list[dict]:
-    """The runs recorded in a training log: command line, start (step, minutes)
-    and the last held-out evaluation of each, so a resumed model's provenance
-    is complete."""
-    runs: list[dict] = []
-    try:
-        lines = log_path.read_text().splitlines()
-    except OSError:
-        return runs
-    for line in lines:
-        if "] command: " in line:
-            cmd = line.split("] command: ", 1)[1]
-            cmd = "python -m amdcompress.models.train_argmax " + cmd.split(" ", 1)[1] if " " in cmd else cmd
-            runs.append({"started": line[1:9], "command": cmd, "from_step": 0, "from_minutes": 0.0})
-        elif runs and "] resumed from " in line:
-            parts = line.split(" at step ")[1].split(", ")
-            runs[-1]["from_step"] = int(parts[0])
-            runs[-1]["from_minutes"] = float(parts[1].split()[0])
-        elif runs and "EVAL" in line:
-            f = line.split()
-            runs[-1]["last_eval"] = {"step": int(f[f.index("step") + 1]), "minutes": float(f[f.index("min") + 1]),
-                                     "valid_elbo_bpc": float(f[f.index("valid_elbo_bpc") + 1]),
-                                     "valid_nll_bpc": float(f[f.index("valid_nll_bpc") + 1])}
-    return runs
+    return loop.run(step_loss, lambda: evaluate(model, valid_sym), extra=lambda: {"ptr": ptr.tolist()})
 
 
 def export(args) -> None:
@@ -243,7 +120,7 @@ def export(args) -> None:
     from .argmax_coding import build_coding_tables
 
     torch.set_num_threads(args.threads)
-    ck = load_any(Path(args.export))
+    ck = torch.load(args.export, map_location="cpu", weights_only=False)
     config = ArgmaxConfig.from_dict(ck["config"])
     model = ArgmaxFlow(config)
     model.load_state_dict(ck["model"] if "model" in ck else ck["state_dict"])
@@ -252,7 +129,7 @@ def export(args) -> None:
     valid = load_symbols(Path(args.valid), args.export_valid_chars or None)
     ev = evaluate(model, valid, streams=8)
     tr = evaluate(model, load_symbols(Path(args.data), 100_000), streams=4)
-    log(f"export: valid ({ev['chars']} chars) elbo {ev['elbo_bpc']:.4f} nll {ev['nll_bpc']:.4f}; "
+    print(f"export: valid ({ev['chars']} chars) elbo {ev['elbo_bpc']:.4f} nll {ev['nll_bpc']:.4f}; "
         f"train[:100k] elbo {tr['elbo_bpc']:.4f} ({time.time() - t0:.0f} s)")
     tables = build_coding_tables(model, delta_bits=args.delta_bits, window=args.window)
     WEIGHTS_DIR.mkdir(exist_ok=True)
@@ -276,18 +153,17 @@ def export(args) -> None:
         "train_100k_elbo_bpc": tr["elbo_bpc"],
         "valid_elbo_bpc": ev["elbo_bpc"], "valid_nll_bpc": ev["nll_bpc"], "valid_chars": ev["chars"],
         "valid_eval": "one q sample per char, 8 streams with carried state",
-        "command": cargs.get("command", "python -m amdcompress.models.train_argmax " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in cargs.items() if k in ("minutes", "threads", "batch", "bptt", "lr"))),
-        "export_command": " ".join(["python -m amdcompress.models.train_argmax"] + sys.argv[1:]),
+        "command": cargs.get("command"),
+        "export_command": args.command,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "torch": torch.__version__,
     }
-    meta["training_runs"] = training_history(Path(args.export).parent / "train.log")
+    meta["training_runs"] = ck.get("runs", [])
     Path(pt.with_suffix(".json")).write_text(json.dumps(meta, indent=2) + "\n")
-    log(f"wrote {pt} ({pt.stat().st_size} bytes, sha256 {sha})")
+    print(f"wrote {pt} ({pt.stat().st_size} bytes, sha256 {sha})")
 
 
-def main(argv=None) -> None:
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default=str(DATA / "train.txt"))
     p.add_argument("--valid", default=str(DATA / "valid.txt"))
@@ -321,9 +197,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     args.command = " ".join(["python -m amdcompress.models.train_argmax"] + (argv if argv is not None else sys.argv[1:]))
     if args.export:
-        export(args)
-    else:
-        train(args)
+        return export(args)
+    return train(args)
 
 
 if __name__ == "__main__":

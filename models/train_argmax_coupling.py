@@ -12,7 +12,9 @@ training text, a share ``--partial`` of them cut to a random shorter length
 (wall clock, including resumed time, so a run ends on time). Every
 ``--eval-minutes`` the held-out ELBO on the first ``--eval-chars`` of valid.txt
 (cut into chunks as the coder cuts them) is logged, and ``OUT/best.pt`` kept;
-every ``--ckpt-minutes`` ``OUT/last.pt`` is written.
+every ``--ckpt-minutes`` ``OUT/last.pt`` is written (the loop is
+:class:`.training.BudgetedTraining`). ``--resume`` takes a checkpoint or the
+shipped weights file.
 """
 from __future__ import annotations
 
@@ -29,9 +31,7 @@ import numpy as np
 import torch
 
 from .argmax_coupling import ArgmaxCouplingFlow, CouplingConfig, chunked_nelbo_bits, count_params
-from .train_argmax import load_symbols, log, lr_at
-from .train_argmax import save_ckpt as _save_ckpt
-from .training import start_from
+from .training import BudgetedTraining, load_text_symbols, start_from
 
 DATA = Path("/work/shared/data/text8")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -43,116 +43,36 @@ def evaluate(model: ArgmaxCouplingFlow, sym: np.ndarray, seed: int = 1234) -> di
     return {"elbo_bpc": chunked_nelbo_bits(model, sym, seed=seed) / max(1, len(sym)), "chars": int(len(sym))}
 
 
-def save_ckpt(path: Path, model, opt, state: dict) -> None:
-    _save_ckpt(path, model, opt, state, kind="argmax-coupling-checkpoint")
+def load_symbols(path: Path, limit: int | None = None) -> np.ndarray:
+    return load_text_symbols(path, limit, np.int64)
 
 
-def train(args) -> None:
+def train(args) -> dict:
+    """Run one training (see the module docstring); returns the final held-out evaluation."""
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    fh = open(out / "train.log", "a")
-    log("command: " + args.command, fh)
     torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
     train_sym = torch.from_numpy(load_symbols(Path(args.data)))
     valid_sym = load_symbols(Path(args.valid), args.eval_chars)
-    log(f"train {len(train_sym)} chars, held-out {len(valid_sym)} chars", fh)
-
     ck = start_from(args.resume) if args.resume else None
     config = CouplingConfig.from_dict(ck[0]) if ck else CouplingConfig(
         chunk=args.chunk, layers=args.layers, hidden=args.hidden, kernel=args.kernel, mixtures=args.mixtures,
         delta_bits=args.delta_bits)
     model = ArgmaxCouplingFlow(config)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.99))
-    step, elapsed_prev, best = 0, 0.0, float("inf")
-    if ck:
-        model.load_state_dict(ck[1])
-        if ck[2] is not None:
-            opt.load_state_dict(ck[2])
-            best = ck[5].get("best", best)
-        step, elapsed_prev = ck[3], ck[4]
-        rng = np.random.default_rng(args.seed + step)
-        log(f"resumed from {args.resume} at step {step}, {elapsed_prev / 60:.1f} min", fh)
-    log(f"config {config.to_dict()} params {count_params(model)} threads {args.threads}", fh)
-
+    loop = BudgetedTraining(args, model, opt, kind="argmax-coupling-checkpoint", metric="elbo_bpc", resumed=ck)
+    loop.log(f"train {len(train_sym)} chars, held-out {len(valid_sym)} chars; config {config.to_dict()} "
+             f"params {count_params(model)} threads {args.threads}")
+    rng = np.random.default_rng(args.seed + loop.step)
     L, B = config.chunk, args.batch
-    budget = args.minutes * 60.0
-    t_start = last_ck = last_ev = time.time()
-    ema = None
 
-    def now_elapsed() -> float:
-        return elapsed_prev + time.time() - t_start
-
-    def state(extra=None) -> dict:
-        return {"step": step, "elapsed": now_elapsed(), "best": best, "train_elbo_bpc": ema, "args": vars(args),
-                **(extra or {})}
-
-    if step == 0:
-        ev = evaluate(model, valid_sym)
-        log(f"EVAL step 0 min 0.0 valid_elbo_bpc {ev['elbo_bpc']:.4f} train_elbo_bpc nan", fh)
-    model.train()
-    while now_elapsed() < budget:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, now_elapsed() / budget, args)
+    def step_loss() -> torch.Tensor:
         offs = torch.from_numpy(rng.integers(0, len(train_sym) - L, B))
         x = train_sym[offs[:, None] + torch.arange(L)[None, :]]
         nv = np.where(rng.random(B) < args.partial, rng.integers(1, L, B), L)
         valid = torch.arange(L)[None, :] < torch.from_numpy(nv)[:, None]
-        loss = model(x, valid).sum() / valid.sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-        opt.step()
-        step += 1
-        lv = float(loss.detach())
-        ema = lv if ema is None else 0.98 * ema + 0.02 * lv
-        if step % args.log_every == 0:
-            log(f"step {step} min {now_elapsed() / 60:.1f} lr {opt.param_groups[0]['lr']:.2e} "
-                f"train_elbo_bpc {ema:.4f} gnorm {float(gn):.2f}", fh)
-        if time.time() - last_ev >= args.eval_minutes * 60:
-            ev = evaluate(model, valid_sym)
-            model.train()
-            last_ev = time.time()
-            log(f"EVAL step {step} min {now_elapsed() / 60:.1f} valid_elbo_bpc {ev['elbo_bpc']:.4f} "
-                f"train_elbo_bpc {ema:.4f}", fh)
-            if ev["elbo_bpc"] < best:
-                best = ev["elbo_bpc"]
-                save_ckpt(out / "best.pt", model, opt, state({"valid": ev}))
-        if time.time() - last_ck >= args.ckpt_minutes * 60:
-            save_ckpt(out / "last.pt", model, opt, state())
-            last_ck = time.time()
-    ev = evaluate(model, valid_sym)
-    log(f"EVAL final step {step} min {now_elapsed() / 60:.1f} valid_elbo_bpc {ev['elbo_bpc']:.4f} "
-        f"train_elbo_bpc {ema if ema is not None else float('nan'):.4f}", fh)
-    if ev["elbo_bpc"] <= best:
-        best = ev["elbo_bpc"]
-        save_ckpt(out / "best.pt", model, opt, state({"valid": ev}))
-    save_ckpt(out / "last.pt", model, opt, state({"valid": ev}))
-    log("done", fh)
+        return model(x, valid).sum() / valid.sum()
 
-
-def training_history(log_path: Path) -> list[dict]:
-    """Runs recorded in a training log: command, start (step, minutes) and last
-    held-out evaluation of each."""
-    runs: list[dict] = []
-    try:
-        lines = log_path.read_text().splitlines()
-    except OSError:
-        return runs
-    for line in lines:
-        if "] command: " in line:
-            runs.append({"started": line[1:9], "command": line.split("] command: ", 1)[1], "from_step": 0,
-                         "from_minutes": 0.0})
-        elif runs and "] resumed from " in line:
-            parts = line.split(" at step ")[1].split(", ")
-            runs[-1]["from_step"] = int(parts[0])
-            runs[-1]["from_minutes"] = float(parts[1].split()[0])
-        elif runs and "EVAL" in line:
-            f = line.split()
-            runs[-1]["last_eval"] = {"step": int(f[f.index("step") + 1]), "minutes": float(f[f.index("min") + 1]),
-                                     "valid_elbo_bpc": float(f[f.index("valid_elbo_bpc") + 1])}
-    return runs
+    return loop.run(step_loss, lambda: evaluate(model, valid_sym))
 
 
 def export(args) -> None:
@@ -169,7 +89,7 @@ def export(args) -> None:
     t0 = time.time()
     ev = evaluate(model, load_symbols(Path(args.valid), args.export_valid_chars or None))
     tr = evaluate(model, load_symbols(Path(args.data), 100_000))
-    log(f"export: valid ({ev['chars']} chars) elbo {ev['elbo_bpc']:.4f}; train[:100k] elbo {tr['elbo_bpc']:.4f} "
+    print(f"export: valid ({ev['chars']} chars) elbo {ev['elbo_bpc']:.4f}; train[:100k] elbo {tr['elbo_bpc']:.4f} "
         f"({time.time() - t0:.0f} s)")
     tables = build_tables(model)
     pt = Path(args.weights_out)
@@ -197,12 +117,12 @@ def export(args) -> None:
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "torch": torch.__version__,
     }
-    meta["training_runs"] = training_history(Path(args.export).parent / "train.log")
+    meta["training_runs"] = ck.get("runs", [])
     pt.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
-    log(f"wrote {pt} ({pt.stat().st_size} bytes, sha256 {sha})")
+    print(f"wrote {pt} ({pt.stat().st_size} bytes, sha256 {sha})")
 
 
-def main(argv=None) -> None:
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default=str(DATA / "train.txt"))
     p.add_argument("--valid", default=str(DATA / "valid.txt"))
@@ -228,15 +148,15 @@ def main(argv=None) -> None:
     p.add_argument("--eval-minutes", type=float, default=5.0)
     p.add_argument("--ckpt-minutes", type=float, default=3.0)
     p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--no-tqdm", action="store_true")
     p.add_argument("--export", default=None, help="export this checkpoint to --weights-out and exit")
     p.add_argument("--weights-out", default=str(WEIGHTS_DIR / "argmax-coupling-v1.pt"))
     p.add_argument("--export-valid-chars", type=int, default=0, help="0 = all of valid.txt")
     args = p.parse_args(argv)
     args.command = " ".join([MODULE] + (list(argv) if argv is not None else sys.argv[1:]))
     if args.export:
-        export(args)
-    else:
-        train(args)
+        return export(args)
+    return train(args)
 
 
 if __name__ == "__main__":

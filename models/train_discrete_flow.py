@@ -14,7 +14,8 @@ warmup, cosine decay over the ``--minutes`` budget (wall clock, so a run ends
 on time). Every ``--eval-minutes`` the held-out bpc on the first
 ``--eval-chars`` of valid.txt (integer path, the coder's computation) is
 logged; every ``--ckpt-minutes`` ``OUT/last.pt`` is written (``OUT/best.pt``
-when the held-out bpc improved). ``--resume`` continues a checkpoint.
+when the held-out bpc improved); the loop is :class:`.training.BudgetedTraining`.
+``--resume`` continues a checkpoint or the shipped weights file.
 """
 from __future__ import annotations
 
@@ -31,9 +32,7 @@ import numpy as np
 import torch
 
 from .discrete_flow import DiscreteFlow, DiscreteFlowConfig, count_params
-from .train_argmax import load_symbols, log, lr_at
-from .train_argmax import save_ckpt as _save_ckpt
-from .training import start_from
+from .training import BudgetedTraining, load_text_symbols, start_from
 
 DATA = Path("/work/shared/data/text8")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -61,125 +60,51 @@ def evaluate(model: DiscreteFlow, sym: np.ndarray, streams: int = 4) -> dict:
     return {"bpc": tot / n, "chars": n}
 
 
-def save_ckpt(path: Path, model, opt, state: dict) -> None:
-    _save_ckpt(path, model, opt, state, kind="discrete-flow-checkpoint")
+def load_symbols(path: Path, limit: int | None = None) -> np.ndarray:
+    return load_text_symbols(path, limit, np.int64)
 
 
 def train(args) -> dict:
-    """Run one training; returns the final held-out evaluation."""
+    """Run one training (see the module docstring); returns the final held-out evaluation."""
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    fh = open(out / "train.log", "a")
-    log("command: " + args.command, fh)
     torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
     train_sym = load_symbols(Path(args.data))
     valid_sym = load_symbols(Path(args.valid), args.eval_chars)
-    log(f"train {len(train_sym)} chars, held-out {len(valid_sym)} chars", fh)
-
     ck = start_from(args.resume) if args.resume else None
     config = DiscreteFlowConfig.from_dict(ck[0]) if ck else DiscreteFlowConfig(
         chunk=args.chunk, layers=args.layers, net_hidden=args.net_hidden, net_depth=args.net_depth,
         kernel=args.kernel, temperature=args.temperature, base=args.base, hidden=args.hidden, emb=args.emb)
     model = DiscreteFlow(config)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.99))
-    step, elapsed_prev, best, ptr = 0, 0.0, float("inf"), None
-    if ck:
-        model.load_state_dict(ck[1])
-        if ck[2] is not None:
-            opt.load_state_dict(ck[2])
-            full = ck[5]
-            best = full.get("best", best)
-            ptr = np.asarray(full["ptr"], dtype=np.int64) if full.get("ptr") is not None else None
-        step, elapsed_prev = ck[3], ck[4]
-        log(f"resumed from {args.resume} at step {step}, {elapsed_prev / 60:.1f} min", fh)
-    log(f"config {config.to_dict()} params {count_params(model)} threads {args.threads}", fh)
-
+    loop = BudgetedTraining(args, model, opt, kind="discrete-flow-checkpoint", metric="bpc", resumed=ck)
+    loop.log(f"train {len(train_sym)} chars, held-out {len(valid_sym)} chars; config {config.to_dict()} "
+             f"params {count_params(model)} threads {args.threads}")
+    rng = np.random.default_rng(args.seed + loop.step)
     B, D = args.batch, config.chunk
     span = (len(train_sym) // B // D) * D
-    if ptr is None or len(ptr) != B:
-        ptr = np.arange(B, dtype=np.int64) * span
+    ptr = loop.saved.get("ptr")
+    ptr = np.asarray(ptr, dtype=np.int64) if ptr is not None and len(ptr) == B else np.arange(B, dtype=np.int64) * span
     data = torch.from_numpy(train_sym)
-    state, prev = None, None
-    budget = args.minutes * 60.0
-    t_start = time.time()
-    last_ck = last_ev = time.time()
-    ema = None
-    model.train()
-    while True:
-        elapsed = elapsed_prev + time.time() - t_start
-        if elapsed >= budget:
-            break
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, elapsed / budget, args)
+    carry = {"state": None, "prev": None}  # the AR base's LSTM state and last latent, stream by stream
+
+    def step_loss() -> torch.Tensor:
         wrap = ptr + D > (np.arange(B) + 1) * span
         ptr[wrap] = np.arange(B)[wrap] * span
         x = data[torch.from_numpy(ptr)[:, None] + torch.arange(D)[None, :]]
         reset = torch.from_numpy((rng.random(B) < args.reset) | wrap)
+        state, prev = carry["state"], carry["prev"]
         if config.base == "ar" and state is not None:
             keep = (~reset).float()[None, :, None]
             state = tuple(s.detach() * keep for s in state)
             prev = torch.where(reset, torch.full_like(prev, config.k), prev)
         bits, state, z = model(x, state, prev)
-        loss = bits.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-        opt.step()
-        prev = z[:, -1]
-        ptr += D
-        step += 1
-        lv = float(loss.detach())
-        ema = lv if ema is None else 0.98 * ema + 0.02 * lv
-        if step % args.log_every == 0:
-            log(f"step {step} min {(elapsed_prev + time.time() - t_start) / 60:.1f} lr {opt.param_groups[0]['lr']:.2e} "
-                f"train_bpc {ema:.4f} gnorm {float(gn):.2f}", fh)
-        now = time.time()
-        if now - last_ev >= args.eval_minutes * 60:
-            ev = evaluate(model, valid_sym)
-            last_ev = time.time()
-            log(f"EVAL step {step} min {(elapsed_prev + last_ev - t_start) / 60:.1f} valid_bpc {ev['bpc']:.4f} "
-                f"train_bpc {ema:.4f}", fh)
-            if ev["bpc"] < best:
-                best = ev["bpc"]
-                save_ckpt(out / "best.pt", model, opt, {"step": step, "elapsed": elapsed_prev + time.time() - t_start,
-                                                         "best": best, "ptr": ptr.tolist(), "train_bpc": ema,
-                                                         "valid": ev, "args": vars(args)})
-        if now - last_ck >= args.ckpt_minutes * 60:
-            save_ckpt(out / "last.pt", model, opt, {"step": step, "elapsed": elapsed_prev + time.time() - t_start,
-                                                     "best": best, "ptr": ptr.tolist(), "train_bpc": ema,
-                                                     "args": vars(args)})
-            last_ck = time.time()
-    ev = evaluate(model, valid_sym)
-    elapsed = elapsed_prev + time.time() - t_start
-    log(f"EVAL final step {step} min {elapsed / 60:.1f} valid_bpc {ev['bpc']:.4f} train_bpc {ema:.4f}", fh)
-    st = {"step": step, "elapsed": elapsed, "best": min(best, ev["bpc"]), "ptr": ptr.tolist(),
-          "train_bpc": ema, "valid": ev, "args": vars(args)}
-    save_ckpt(out / "last.pt", model, opt, st)
-    if ev["bpc"] <= best:
-        save_ckpt(out / "best.pt", model, opt, st)
-    log("done", fh)
-    fh.close()
-    return {"valid_bpc": ev["bpc"], "valid_chars": ev["chars"], "train_bpc": ema, "steps": step,
-            "minutes": round(elapsed / 60, 2)}
+        carry["state"], carry["prev"] = state, z[:, -1]
+        ptr[:] += D  # in place: the closure keeps the checkpointed array
+        return bits.mean()
 
-
-def training_history(log_path: Path) -> list[dict]:
-    """Runs recorded in a training log: command, start, last held-out evaluation."""
-    runs: list[dict] = []
-    try:
-        lines = log_path.read_text().splitlines()
-    except OSError:
-        return runs
-    for line in lines:
-        if "] command: " in line:
-            runs.append({"started": line[1:9], "command": line.split("] command: ", 1)[1]})
-        elif runs and "EVAL" in line:
-            f = line.split()
-            runs[-1]["last_eval"] = {"step": int(f[f.index("step") + 1]), "minutes": float(f[f.index("min") + 1]),
-                                     "valid_bpc": float(f[f.index("valid_bpc") + 1])}
-    return runs
+    ev = loop.run(step_loss, lambda: evaluate(model, valid_sym), extra=lambda: {"ptr": ptr.tolist()})
+    return {"valid_bpc": ev["bpc"], "valid_chars": ev["chars"], "train_bpc": loop.train_avg, "steps": ev["steps"],
+            "minutes": ev["minutes"]}
 
 
 def export(args) -> None:
@@ -204,7 +129,7 @@ def export(args) -> None:
     t0 = time.time()
     ev = evaluate(shipped, load_symbols(Path(args.valid), args.export_valid_chars or None))
     tr = evaluate(shipped, load_symbols(Path(args.data), 100_000))
-    log(f"export: valid ({ev['chars']} chars) bpc {ev['bpc']:.4f}; train[:100k] bpc {tr['bpc']:.4f} "
+    print(f"export: valid ({ev['chars']} chars) bpc {ev['bpc']:.4f}; train[:100k] bpc {tr['bpc']:.4f} "
         f"({time.time() - t0:.0f} s)")
     cargs = ck.get("args", {})
     meta = {
@@ -224,10 +149,10 @@ def export(args) -> None:
         "export_command": args.command,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "torch": torch.__version__,
-        "training_runs": training_history(Path(args.export).parent / "train.log"),
+        "training_runs": ck.get("runs", []),
     }
     pt.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
-    log(f"wrote {pt} ({pt.stat().st_size} bytes, sha256 {sha})")
+    print(f"wrote {pt} ({pt.stat().st_size} bytes, sha256 {sha})")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -258,6 +183,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-minutes", type=float, default=5.0)
     p.add_argument("--ckpt-minutes", type=float, default=4.0)
     p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--no-tqdm", action="store_true")
     p.add_argument("--export", default=None, help="export this checkpoint to --weights-out and exit")
     p.add_argument("--weights-out", default=str(WEIGHTS_DIR / "discrete-flow-v1.pt"))
     p.add_argument("--export-valid-chars", type=int, default=0, help="0 = all of valid.txt")

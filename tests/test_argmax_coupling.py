@@ -268,21 +268,25 @@ def test_training_script_runs_and_exports(tmp_path):
               "--eval-chars", "800", "--eval-minutes", "0.05", "--ckpt-minutes", "0.05", "--log-every", "1000",
               "--lr", "5e-3", "--warmup", "10"]
     tr.main(common + ["--minutes", "0.1"])
-    log = (tmp_path / "run" / "train.log").read_text()
-    evals = [float(l.split("valid_elbo_bpc ")[1].split()[0]) for l in log.splitlines() if "EVAL" in l]
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["valid_elbo_bpc"] for r in rows]
     assert len(evals) >= 2 and evals[-1] < evals[0] - 0.5, evals       # the loss drops
     ck = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
     assert ck["step"] > 0
     tr.main(common + ["--minutes", "0.12", "--resume", str(tmp_path / "run" / "last.pt")])
-    assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["step"] >= ck["step"]
+    ck1 = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert ck1["step"] >= ck["step"] and [r["from_step"] for r in ck1["runs"]] == [0, ck["step"]]
     out = tmp_path / "w.pt"
     tr.main(common + ["--export", str(tmp_path / "run" / "best.pt"), "--weights-out", str(out)])
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
-    assert meta["model"] == "argmax-coupling" and meta["valid_elbo_bpc"] > 0 and meta["training_runs"]
+    assert meta["model"] == "argmax-coupling" and meta["valid_elbo_bpc"] > 0
+    assert meta["training_runs"][0]["from_step"] == 0 and "last_eval" in meta["training_runs"][0]
     c, _ = acc.load_weights(out, meta["sha256"])
     sym = to_sym(TEXT)
     assert np.array_equal(c.decode(c.encode(sym)), sym)
     # training continues from the shipped file alone, counting its steps and minutes
     tr.main(common + ["--minutes", "0.3", "--resume", str(out), "--out", str(tmp_path / "run2")])
-    assert torch.load(tmp_path / "run2" / "last.pt", weights_only=False)["step"] > meta["steps"]
+    ck2 = torch.load(tmp_path / "run2" / "last.pt", weights_only=False)
+    assert ck2["step"] > meta["steps"]  # the shipped record's history continues:
+    assert ck2["runs"][:-1] == meta["training_runs"] and ck2["runs"][-1]["from_step"] == meta["steps"]
