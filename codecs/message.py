@@ -107,27 +107,34 @@ class Message:
     def to_bytes(self) -> bytes:
         """Serialize: varint(k) + words[k:] little-endian, where words[:k] is the
         longest prefix shared with the initial-bits stream (dropped: the decoder
-        regenerates it)."""
+        regenerates it), and up to 3 zero high bytes of the last (top) word are
+        dropped too: the ANS head ends the stream and is often small, so this
+        saves about a byte a file. The length mod 4 tells the reader how many
+        to put back; a whole-words stream (older files) reads the same."""
         w = self.words()
         k = 0
         if len(w):
             ref = seed_words(len(w))
             diff = np.flatnonzero(w != ref)
             k = int(diff[0]) if len(diff) else len(w)
-        return _write_varint(k) + w[k:].astype("<u4").tobytes()
+        body = w[k:].astype("<u4").tobytes()
+        trim = 0
+        while body and trim < 3 and body[len(body) - 1 - trim] == 0:
+            trim += 1
+        return _write_varint(k) + body[: len(body) - trim]
 
     @classmethod
     def from_bytes(cls, data: bytes, *, strict: bool = False) -> "Message":
         """Inverse of :meth:`to_bytes`; raises :class:`CorruptStreamError` on
         anything that is not a serialized message."""
-        k, pos = _read_varint(bytes(data[:10]), 0)
-        rest = len(data) - pos
-        if rest % 4:
-            raise CorruptStreamError("ANS stream length is not a whole number of words")
+        data = bytes(data)
+        k, pos = _read_varint(data[:10], 0)
         if k > (1 << 24):
             raise CorruptStreamError("implausible initial-bits prefix length")
-        body = np.frombuffer(data, dtype="<u4", offset=pos).astype(np.uint32)
-        words = np.concatenate([seed_words(k), body])
+        body = data[pos:]
+        if len(body) % 4:  # the top word's dropped zero high bytes
+            body += b"\0" * (4 - len(body) % 4)
+        words = np.concatenate([seed_words(k), np.frombuffer(body, dtype="<u4").astype(np.uint32)])
         try:
             coder = _AnsCoder(words) if len(words) else _AnsCoder()
         except ValueError as e:

@@ -7,7 +7,7 @@ one-line message.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -32,6 +32,7 @@ class Info:
     header_bytes: int
     bits_per_dim: float
     crc32: str
+    details: dict = field(default_factory=dict)  # the model's own facts (escapes, chain steps, ...)
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -98,10 +99,17 @@ def decompress(blob: bytes, progress: Callable | None = None) -> bytes:
 def info(blob: bytes) -> Info:
     """Describe an ``.amd`` file without decoding its payload."""
     header, payload = container.unpack(bytes(blob))
+    details: dict = {}
     try:
-        name = backends.by_id(header.codec_id).name
+        backend = backends.by_id(header.codec_id)
+        name = backend.name
     except AmdError:
-        name = f"unknown (id {header.codec_id})"
+        backend, name = None, f"unknown (id {header.codec_id})"
+    if backend is not None and hasattr(backend, "details"):
+        try:
+            details = backend.details(payload, header.shape)
+        except AmdError as e:
+            details = {"unreadable": str(e)}
     dims = int(np.prod(header.shape))
     return Info(
         model=name,
@@ -114,4 +122,5 @@ def info(blob: bytes) -> Info:
         header_bytes=len(blob) - len(payload),
         bits_per_dim=8.0 * len(blob) / dims if dims else float("nan"),
         crc32=f"{header.crc32:08x}",
+        details=details,
     )

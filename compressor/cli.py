@@ -177,6 +177,8 @@ def info(input: str, as_json: bool) -> None:
                f"kind:        {i.kind} {shape} ({i.dims} dims)\n"
                f"size:        {i.file_bytes} bytes ({i.header_bytes} header + {i.payload_bytes} payload)\n"
                f"bits/dim:    {i.bits_per_dim:.4f}\ncrc32:       {i.crc32}")
+    for key, value in i.details.items():
+        click.echo(f"{key.replace('_', ' ') + ':':<12} {value}")
 
 
 @cli.command()

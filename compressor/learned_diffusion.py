@@ -74,6 +74,12 @@ class DiffusionBackend(TextModelBackend):
     def decode_symbols(self, coder, stream: bytes, progress, max_symbols: int) -> np.ndarray:
         return coder.decode(stream, max_symbols=max_symbols, progress=progress)
 
+    def stream_details(self, stream: bytes) -> dict:
+        """The chain length the file was coded with (``--steps`` of the encoder)."""
+        from amdcompress.models.diffusion_coding import stream_steps
+
+        return {"chain_steps": stream_steps(stream)} if stream else {}
+
 
 BACKEND = DiffusionBackend()
 register(BACKEND)

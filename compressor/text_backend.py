@@ -66,6 +66,10 @@ class TextModelBackend:
     def decode_symbols(self, loaded, stream: bytes, progress, max_symbols: int) -> np.ndarray:
         raise NotImplementedError
 
+    def stream_details(self, stream: bytes) -> dict:
+        """Facts about a model stream worth showing in ``info`` (read from its head)."""
+        return {}
+
     # -- weights ------------------------------------------------------------------
     @property
     def path(self) -> Path:
@@ -130,6 +134,15 @@ class TextModelBackend:
         bytes (at most half escapes)."""
         return (self.in_auto and self.accepts(data)
                 and textstream.escape_fraction(np.asarray(data.array)) <= MAX_ESCAPE_FRACTION)
+
+    def details(self, payload: bytes, shape) -> dict:
+        """What ``info`` shows about a payload without decoding it: bytes of the
+        model stream and of the escapes, and how many input bytes were escapes
+        (bytes outside the model's alphabet, stored with LZMA2)."""
+        stream, esc = textstream.unpack(payload)
+        n = int(shape[0]) if len(shape) == 1 else 0
+        return {"model_stream_bytes": len(stream), "escape_bytes": len(esc),
+                "escaped_input_bytes": textstream.escape_count(esc, n), **self.stream_details(stream)}
 
     def encode(self, data: Data, progress=None) -> bytes:
         if data.kind != BYTES:

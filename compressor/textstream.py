@@ -78,6 +78,20 @@ def join(symbols: np.ndarray, escapes: bytes, n: int) -> np.ndarray:
     return out
 
 
+def escape_count(escapes: bytes, n: int) -> int:
+    """How many bytes of an ``n``-byte original an escape blob holds."""
+    if not escapes:
+        return 0
+    try:
+        table = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_FILTERS).decompress(escapes, max_length=16)
+    except lzma.LZMAError:
+        raise AmdError("corrupt payload: bad escape table") from None
+    count = _read_varint(table, 0)[0]
+    if count > n:
+        raise AmdError("corrupt payload: bad escape table")
+    return count
+
+
 def pack(model_stream: bytes, escapes: bytes) -> bytes:
     """A text model's payload: varint(len(model_stream)) + model_stream + escapes."""
     return _varint(len(model_stream)) + model_stream + escapes

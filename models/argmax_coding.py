@@ -50,11 +50,11 @@ import math
 import numpy as np
 import torch
 
-from amdcompress.codecs import Categorical, Message
+from amdcompress.codecs import Categorical, CorruptStreamError, Message
 from amdcompress.codecs.distributions import det_exp, det_sigmoid, quantize_weights
+from amdcompress.codecs.varint import read_head, read_varint, write_head
 
 from .argmax import BITS, K, START, ArgmaxFlow
-from amdcompress.codecs.varint import read_varint, write_varint
 
 STREAM_VERSION = 1
 PARAM_GRID = 4096.0        # network outputs are rounded to multiples of 1/4096
@@ -64,18 +64,7 @@ BLOCK = 16                 # encoder: steps per bulk table build
 Q_TAIL_SIGMAS = 4.5        # q's window covers mu +- 4.5 sigma in u-space
 
 
-class StreamError(ValueError):
-    """The model stream is not one this coder wrote."""
-
-
 # -- small helpers ----------------------------------------------------------------
-_varint = write_varint
-
-
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    return read_varint(buf, pos, lambda: StreamError("truncated header"))
-
-
 def lane_layout(n: int) -> tuple[int, int, int]:
     """(lanes, lane length, length of the last lane) for n >= 1 symbols."""
     lanes = max(1, min(MAX_LANES, math.ceil(n / CHARS_PER_LANE)))
@@ -211,7 +200,7 @@ def encode_symbols(model: ArgmaxFlow, tables: dict, sym: np.ndarray, progress=No
     sym = np.asarray(sym, dtype=np.int64)
     n = int(sym.size)
     if n == 0:
-        return bytes([STREAM_VERSION]) + _varint(0)
+        return write_head(STREAM_VERSION, 0)
     if sym.min() < 0 or sym.max() >= K:
         raise ValueError("symbol outside 0..26")
     model.eval()
@@ -270,11 +259,11 @@ def encode_symbols(model: ArgmaxFlow, tables: dict, sym: np.ndarray, progress=No
         bar.close()
     body = m.to_bytes()
     if stats is not None:
-        words_left = _read_varint(body, 0)[0]
+        words_left = read_varint(body, 0, ValueError)[0]
         stats.update({"lanes": L, "lane_len": T, "info_bits": info, "message_bits": m.num_bits() - start_bits,
                       "initial_words_used": seed_words_for(L) - words_left if words_left <= seed_words_for(L) else 0,
                       "stream_bytes": 0})
-    out = bytes([STREAM_VERSION]) + _varint(n) + _varint(L) + body
+    out = write_head(STREAM_VERSION, n, L) + body
     if stats is not None:
         stats["stream_bytes"] = len(out)
     return out
@@ -284,24 +273,20 @@ def encode_symbols(model: ArgmaxFlow, tables: dict, sym: np.ndarray, progress=No
 @torch.no_grad()
 def decode_symbols(model: ArgmaxFlow, tables: dict, stream: bytes, progress=None, expected: int | None = None,
                    max_symbols: int | None = None) -> np.ndarray:
-    """Model stream bytes -> symbols. Raises StreamError (or a codec error) on
+    """Model stream bytes -> symbols. Raises CorruptStreamError (or another codec error) on
     anything that is not a stream this coder wrote with these weights."""
     stream = bytes(stream)
-    if not stream or stream[0] != STREAM_VERSION:
-        raise StreamError("unknown argmax stream version")
-    n, pos = _read_varint(stream, 1)
+    (n,), pos = read_head(stream, STREAM_VERSION, 1, "argmax", max_symbols)
     if expected is not None and n != expected:
-        raise StreamError("symbol count does not match the header")
+        raise CorruptStreamError("symbol count does not match the header")
     if n == 0:
         if pos != len(stream):
-            raise StreamError("trailing bytes")
+            raise CorruptStreamError("trailing bytes")
         return np.zeros(0, dtype=np.int64)
-    if n > 1 << 40 or (max_symbols is not None and n > max_symbols):
-        raise StreamError("implausible length")
-    lanes, pos = _read_varint(stream, pos)
+    lanes, pos = read_varint(stream, pos, lambda: CorruptStreamError("truncated argmax stream header"))
     L, T, last = lane_layout(n)
     if lanes != L:
-        raise StreamError("lane count does not match the length")
+        raise CorruptStreamError("lane count does not match the length")
     m = Message.from_bytes(stream[pos:])
     model.eval()
     db, W, q_lo, q_counts = _tables_np(tables)
@@ -322,7 +307,7 @@ def decode_symbols(model: ArgmaxFlow, tables: dict, stream: bytes, progress=None
             Categorical(q_counts[qn]).push(m, k)
             prefix[:A] = prefix[:A] << 1 | b
         if prefix[:A].max() >= K:
-            raise StreamError("decoded an impossible symbol")
+            raise CorruptStreamError("decoded an impossible symbol")
         out[:, t] = prefix
         tok = torch.from_numpy(prefix.copy())
         _tick(bar, A)
@@ -330,9 +315,9 @@ def decode_symbols(model: ArgmaxFlow, tables: dict, stream: bytes, progress=None
         bar.close()
     sym = out.reshape(-1)[:n]
     if sym.max() >= K:
-        raise StreamError("decoded an impossible symbol")
+        raise CorruptStreamError("decoded an impossible symbol")
     if not m.is_seed_remainder(seed_words_for(L)):
-        raise StreamError("stream not consumed exactly")
+        raise CorruptStreamError("stream not consumed exactly")
     return sym
 
 

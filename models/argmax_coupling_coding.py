@@ -51,9 +51,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from amdcompress.codecs import Categorical, Message, Windowed
+from amdcompress.codecs import Categorical, CorruptStreamError, Message, Windowed
 from amdcompress.codecs.distributions import TOTAL, det_exp, windowed_logistic_mixture_counts
-from amdcompress.codecs.varint import read_varint, write_varint
+from amdcompress.codecs.varint import read_head, read_varint, write_head
 
 from .argmax import BITS, K
 from .argmax_coding import PARAM_GRID, build_coding_tables, q_support
@@ -64,14 +64,6 @@ Z_LIMIT = 1 << 20          # |z| in grid steps; escapes are uniform on [-Z_LIMIT
 BASE_TAIL_SCALES = 20.0    # a base window covers every component's mean +- 20 scales ...
 BASE_MIN_WEIGHT = 1e-4     # ... of the components with at least this weight
 HW_MAX = 256               # ... up to this half width (beyond: escape)
-
-
-class StreamError(ValueError):
-    """The model stream is not one this coder wrote."""
-
-
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    return read_varint(buf, pos, lambda: StreamError("truncated header"))
 
 
 def seed_words_for(chunk: int) -> int:
@@ -193,7 +185,7 @@ class Coder:
         sym = np.asarray(sym, dtype=np.int64).reshape(-1)
         n = int(sym.size)
         if n == 0:
-            return bytes([STREAM_VERSION]) + write_varint(0)
+            return write_head(STREAM_VERSION, 0)
         if sym.min() < 0 or sym.max() >= K:
             raise ValueError("symbol outside 0..26")
         chunks = self._chunks(n)
@@ -217,9 +209,9 @@ class Coder:
         if bar is not None and hasattr(bar, "close"):
             bar.close()
         body = m.to_bytes()
-        out = bytes([STREAM_VERSION]) + write_varint(n) + body
+        out = write_head(STREAM_VERSION, n) + body
         if stats is not None:
-            left = _read_varint(body, 0)[0]
+            left = read_varint(body, 0, ValueError)[0]
             stats.update({"chunks": len(chunks), "chunk": self.L, "info_bits": info,
                           "message_bits": m.num_bits() - start_bits,
                           "initial_words_used": seed - left if left <= seed else 0, "stream_bytes": len(out)})
@@ -229,20 +221,16 @@ class Coder:
     @torch.no_grad()
     def decode(self, stream: bytes, progress=None, expected: int | None = None,
                max_symbols: int | None = None) -> np.ndarray:
-        """Model stream bytes -> symbols; raises StreamError (or a codec error)
+        """Model stream bytes -> symbols; raises CorruptStreamError (or another codec error)
         on anything that is not a stream this coder wrote with these weights."""
         stream = bytes(stream)
-        if not stream or stream[0] != STREAM_VERSION:
-            raise StreamError("unknown argmax-coupling stream version")
-        n, pos = _read_varint(stream, 1)
+        (n,), pos = read_head(stream, STREAM_VERSION, 1, "argmax-coupling", max_symbols)
         if expected is not None and n != expected:
-            raise StreamError("symbol count does not match the header")
+            raise CorruptStreamError("symbol count does not match the header")
         if n == 0:
             if pos != len(stream):
-                raise StreamError("trailing bytes")
+                raise CorruptStreamError("trailing bytes")
             return np.zeros(0, dtype=np.int64)
-        if n > 1 << 40 or (max_symbols is not None and n > max_symbols):
-            raise StreamError("implausible length")
         m = Message.from_bytes(stream[pos:])
         out = np.zeros(n, dtype=np.int64)
         bar = progress(n) if progress is not None else None
@@ -252,12 +240,12 @@ class Coder:
             bits = (k >= 0).astype(np.int64)
             x = (bits << (BITS - 1 - np.arange(BITS))).sum(1)
             if x.max() >= K:
-                raise StreamError("decoded an impossible symbol")
+                raise CorruptStreamError("decoded an impossible symbol")
             _, nodes = self._q_nodes(x)
             mag = np.where(bits > 0, k, -k - 1).reshape(-1)
             j = mag - self.q_lo[nodes.reshape(-1)]
             if j.min() < 0 or j.max() >= self.W:
-                raise StreamError("latent outside q's window")
+                raise CorruptStreamError("latent outside q's window")
             Categorical(self.q_counts[nodes.reshape(-1)]).push(m, j)
             out[s : s + nv] = x
             if bar is not None:
@@ -265,7 +253,7 @@ class Coder:
         if bar is not None and hasattr(bar, "close"):
             bar.close()
         if not m.is_seed_remainder(seed_words_for(self.L)):
-            raise StreamError("stream not consumed exactly")
+            raise CorruptStreamError("stream not consumed exactly")
         return out
 
 

@@ -41,9 +41,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from amdcompress.codecs import Categorical, Message, categorical_from_logits
+from amdcompress.codecs import Categorical, CorruptStreamError, Message, categorical_from_logits
 from amdcompress.codecs.distributions import PRECISION
-from amdcompress.codecs.varint import read_varint, write_varint
+from amdcompress.codecs.varint import read_head, write_head
 
 from .discrete_flow import LN2, DiscreteFlow, DiscreteFlowConfig
 
@@ -54,14 +54,6 @@ MAX_LANES = 256
 CHARS_PER_LANE = 4096
 BLOCK = 1 << 16            # symbols per table build / push (factorized base)
 BLOCK_STEPS = 64           # lane steps per table build / push (AR base)
-
-
-class StreamError(ValueError):
-    """The model stream is not one this coder wrote."""
-
-
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    return read_varint(buf, pos, lambda: StreamError("truncated header"))
 
 
 def lane_layout(n: int) -> tuple[int, int, int]:
@@ -124,7 +116,7 @@ def encode_symbols(model: DiscreteFlow, sym: np.ndarray, progress=None, stats: d
     with the same weights)."""
     sym = np.asarray(sym, dtype=np.int64)
     n = int(sym.size)
-    head = bytes([STREAM_VERSION]) + write_varint(n)
+    head = write_head(STREAM_VERSION, n)
     if n == 0:
         return head + Message.empty().to_bytes()
     k = model.config.k
@@ -179,21 +171,17 @@ def encode_symbols(model: DiscreteFlow, sym: np.ndarray, progress=None, stats: d
 # -- decoder --------------------------------------------------------------------------
 @torch.no_grad()
 def decode_symbols(model: DiscreteFlow, stream: bytes, progress=None, max_symbols: int | None = None) -> np.ndarray:
-    """Model stream bytes -> symbols. Raises :class:`StreamError` (or the codec
-    layer's ``CorruptStreamError``) on a stream this coder did not write with
+    """Model stream bytes -> symbols. Raises the codec layer's
+    :class:`CorruptStreamError` on a stream this coder did not write with
     these weights, when the damage is detectable here."""
     stream = bytes(stream)
-    if not stream or stream[0] != STREAM_VERSION:
-        raise StreamError("unknown discrete-flow stream version")
-    n, pos = _read_varint(stream, 1)
-    if n > 1 << 40 or (max_symbols is not None and n > max_symbols):
-        raise StreamError("implausible length")
+    (n,), pos = read_head(stream, STREAM_VERSION, 1, "discrete-flow", max_symbols)
     m = Message.from_bytes(stream[pos:])
     k = model.config.k
     model.eval()
     if n == 0:
         if not m.is_empty():
-            raise StreamError("trailing data")
+            raise CorruptStreamError("trailing data")
         return np.zeros(0, dtype=np.int64)
     bar = progress(n) if progress is not None else None
     if model.config.base == "factorized":
@@ -218,7 +206,7 @@ def decode_symbols(model: DiscreteFlow, stream: bytes, progress=None, max_symbol
     if bar is not None and hasattr(bar, "close"):
         bar.close()
     if not m.is_empty():
-        raise StreamError("stream not consumed exactly")
+        raise CorruptStreamError("stream not consumed exactly")
     return apply_flow(model, z, inverse=True)
 
 

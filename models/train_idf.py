@@ -141,7 +141,7 @@ def export(ckpt_path: str, weights_dir: Path | None = None, command: str | None 
         "final_test_bpd": hist.get("test_bpd"),
         "test_bpd_is": "EMA weights, model NLL on the held-out batch (not coded size)",
         "command": hist.get("command"),
-        "export_command": command or " ".join(sys.argv),
+        "export_command": command or " ".join(["python -m amdcompress.models.train_idf"] + sys.argv[1:]),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     write_record(rec, wdir / entry["record"])

@@ -171,6 +171,27 @@ def test_seeded_message_stores_only_consumed_initial_bits():
     assert len(m.to_bytes()) <= 3 + 4 * 5  # the pop consumed 80 bits; the rest of the seed is not stored
 
 
+# ---------------------------------------------------------------- stream heads
+@SETTINGS
+@given(st.integers(0, 255), st.lists(st.integers(0, 2**40), min_size=1, max_size=4))
+def test_stream_head_round_trips(version, fields):
+    from amdcompress.codecs.varint import read_head, write_head
+
+    head = write_head(version, *fields)
+    assert read_head(head + b"rest", version, len(fields), "test") == (fields, len(head))
+
+
+def test_stream_head_rejects_bad_heads():
+    from amdcompress.codecs.varint import MAX_SYMBOLS, read_head, write_head
+
+    head = write_head(1, 500, 7)
+    for bad, kw, msg in [(b"", {}, "version"), (write_head(2, 500, 7), {}, "version"), (head[:2], {}, "truncated"),
+                         (head, {"max_symbols": 499}, "exceeds"), (write_head(1, MAX_SYMBOLS + 1, 7), {}, "exceeds")]:
+        with pytest.raises(C.CorruptStreamError, match=msg):
+            read_head(bad, 1, 2, "test", **kw)
+    assert read_head(head, 1, 2, "test", max_symbols=500)[0] == [500, 7]
+
+
 # ---------------------------------------------------------------- underflow
 def test_pop_from_empty_is_defined_and_invertible():
     counts = C.categorical_from_probs(np.array([[0.1, 0.6, 0.3]] * 4))
@@ -181,13 +202,26 @@ def test_pop_from_empty_is_defined_and_invertible():
     assert m.is_empty() and m.to_bytes() == b"\x00"
 
 
+@SETTINGS
+@given(n=st.integers(1, 300), seed=st.integers(0, 2**32 - 1))
+def test_byte_form_drops_zero_high_bytes_of_the_top_word_and_reads_whole_words(n, seed):
+    x = np.random.default_rng(seed).integers(0, 256, n)
+    m = C.Categorical(C.uniform_counts(n, 256)).push(C.Message.empty(), x)
+    blob = m.to_bytes()
+    whole = blob[:1] + m.words().astype("<u4").tobytes()  # the whole-words form of older files
+    assert len(whole) - len(blob) == len(whole) - len(whole.rstrip(b"\0")) <= 3
+    for form in (blob, whole):
+        back, y = C.Categorical(C.uniform_counts(n, 256)).pop(C.Message.from_bytes(form))
+        assert np.array_equal(y, x) and back.is_empty()
+
+
 def test_strict_message_raises_on_underflow():
     m = C.Message.empty(strict=True)
     with pytest.raises(C.MessageUnderflowError):
         C.Categorical(C.uniform_counts(1, 4)).pop(m)
 
 
-@pytest.mark.parametrize("blob", [b"", b"\x80", b"\x00\x01\x02", b"\x00\x00\x00\x00\x00"])
+@pytest.mark.parametrize("blob", [b"", b"\x80", b"\x00\x00", b"\x00\x00\x00\x00\x00", b"\xff\xff\xff\xff\x0f"])
 def test_corrupt_message_bytes_raise(blob):
     with pytest.raises(C.CorruptStreamError):
         C.Message.from_bytes(blob)

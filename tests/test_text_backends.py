@@ -12,6 +12,7 @@ from amdcompress import api, backends
 from amdcompress.errors import AmdError
 from amdcompress.formats import BYTES, IMAGE_PNM, Data
 from amdcompress.text_backend import TextModelBackend
+from amdcompress.textstream import ALPHABET
 
 TEXT_BACKENDS = sorted((b for b in backends.all_backends() if isinstance(b, TextModelBackend)),
                        key=lambda b: b.codec_id)
@@ -74,6 +75,11 @@ def test_shipped_model_round_trips_and_rejects_bad_payloads(backend, monkeypatch
         blob = api.compress(raw, model=backend.name)
         assert api.decompress(blob) == raw
         assert api.info(blob).as_dict()["model"] == backend.name
+    details = api.info(api.compress(SAMPLE, model=backend.name)).details
+    assert details["escaped_input_bytes"] == sum(b not in ALPHABET for b in SAMPLE) > 0
+    assert details["model_stream_bytes"] > 0 and details["escape_bytes"] > 0
+    if backend.name == "diffusion":
+        assert details["chain_steps"] == 10
     payload = backend.encode(data(SAMPLE))
     n = (len(SAMPLE),)
     for bad in (payload[: len(payload) // 2], payload[:-3], b"\xff" * len(payload), b""):
@@ -93,3 +99,19 @@ def test_shipped_model_round_trips_and_rejects_bad_payloads(backend, monkeypatch
         backend.decode(payload, IMAGE_PNM, (2, 2, 3))
     with pytest.raises(AmdError):
         backend.encode(Data(IMAGE_PNM, np.zeros((2, 2, 3), dtype=np.uint8)))
+
+
+def test_info_shows_escapes_on_the_command_line(tmp_path, capsys):
+    from amdcompress.cli import main
+
+    backend = next((b for b in TEXT_BACKENDS if b.available()), None)
+    if backend is None:
+        pytest.skip("no text model installed")
+    src = tmp_path / "t.txt"
+    src.write_bytes(SAMPLE)
+    assert main(["encode", "-q", "-m", backend.name, str(src), "-o", str(tmp_path / "t.amd")]) == 0
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "t.amd")]) == 0
+    out = capsys.readouterr().out
+    assert f"model:       {backend.name}" in out
+    assert f"escaped input bytes: {sum(b not in ALPHABET for b in SAMPLE)}" in out
