@@ -24,15 +24,18 @@ def sha256_bytes(b: bytes) -> str:
 
 
 def git_commit(repo: Path = REPO) -> str | None:
-    """Short HEAD commit, with ``+dirty`` when tracked files have uncommitted
-    changes; None outside a git checkout."""
+    """Short HEAD commit, with ``+dirty`` when tracked files other than the
+    benchmark results themselves have uncommitted changes (another benchmark
+    writing its results file does not change the code measured); None outside
+    a git checkout."""
     try:
         def run(*a: str) -> str:
             return subprocess.run(["git", "-C", str(repo), *a], capture_output=True, text=True,
                                   timeout=10, check=True).stdout.strip()
 
         commit = run("rev-parse", "--short", "HEAD")
-        return commit + ("+dirty" if run("status", "--porcelain", "--untracked-files=no") else "")
+        changed = run("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results")
+        return commit + ("+dirty" if changed else "")
     except Exception:
         return None
 
