@@ -17,21 +17,20 @@ import argparse
 import hashlib
 import json
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.provenance import git_commit, machine_info, now  # noqa: E402
+from benchmarks.text_rows import DEFAULT_VALID as DEFAULT_DATA, round_trip_row  # noqa: E402
 
 import numpy as np
 import torch
 
-from amdcompress import api, backends, textstream
+from amdcompress import textstream
 from amdcompress.models import argmax_coding as ac
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = Path("/work/shared/data/text8/valid.txt")
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -41,62 +40,27 @@ def _label(size: int, total: int) -> str:
     return f"{size // 1024} KB" if size % 1024 == 0 else f"{size} B"
 
 
-def _seed_words_touched(payload: bytes, lanes: int) -> int:
-    stream, _ = textstream.unpack(payload)
-    pos = 1
-    for _ in range(2):  # n, L
-        while stream[pos] & 0x80:
-            pos += 1
-        pos += 1
-    k = shift = 0
-    while True:
-        b = stream[pos]
-        pos += 1
-        k |= (b & 0x7F) << shift
-        if not b & 0x80:
-            break
-        shift += 7
-    return ac.seed_words_for(lanes) - k
-
-
 def bench_one(raw: bytes, setting: str, samples: int) -> dict:
-    backend = backends.by_name("argmax")
-    model, _, sha = backend.loaded()
-    t0 = time.perf_counter()
-    blob = api.compress(raw, model="argmax")
-    enc = time.perf_counter() - t0
-    stats = dict(backend.last_stats)
-    t0 = time.perf_counter()
-    back = api.decompress(blob)
-    dec = time.perf_counter() - t0
-    info = api.info(blob)
-    sym, esc = textstream.split(np.frombuffer(raw, dtype=np.uint8))
+    row, stats, backend = round_trip_row(raw, "argmax", setting)
+    model, tables, sha = backend.loaded()
+    sym, _ = textstream.split(np.frombuffer(raw, dtype=np.uint8))
     torch.set_num_threads(1)
     ref = ac.lane_elbo(model, sym, samples=samples)
-    n = len(raw)
-    bits = 8 * len(blob)
-    header_payload = textstream.unpack(blob[info.header_bytes:])
-    return {
-        "domain": "text", "codec": "amdcompress-argmax", "setting": setting,
-        "bytes": len(blob), "dims": n, "bits_per_dim": bits / n,
-        "encode_s": round(enc, 3), "decode_s": round(dec, 3), "verified": back == raw,
-        "encode_chars_per_s": round(n / enc, 1), "decode_chars_per_s": round(n / dec, 1),
-        "encode_MBps": round(n / enc / 1e6, 5), "decode_MBps": round(n / dec / 1e6, 5),
+    n, bits = len(raw), 8 * row["bytes"]
+    row.update({
         "elbo_bpc": ref["elbo_bits"] / n, "nll_bpc": ref["nll_bits"] / n,
         "info_bpc": stats.get("info_bits", float("nan")) / n,
         "overhead_bpc": bits / n - ref["elbo_bits"] / n,
         "overhead_bits_vs_elbo": bits - ref["elbo_bits"],
         "overhead_bits_vs_info": bits - stats.get("info_bits", float("nan")),
-        "container_header_bytes": info.header_bytes,
-        "model_stream_bytes": len(header_payload[0]), "escape_bytes": len(header_payload[1]),
-        "initial_seed_words_touched": _seed_words_touched(blob[info.header_bytes:], stats.get("lanes", 1)) if sym.size else 0,
+        "initial_seed_words_touched": stats.get("initial_words_used", 0),
         "lanes": stats.get("lanes", 0),
-        "model_bytes": backend.path.stat().st_size,
         "params": {"weights": backend.path.name, "sha256": sha, "elbo_samples": samples,
                    "torch": torch.__version__, "threads": 1,
                    "coder": "bits-back ANS (constriction 0.5.0), grid 2^-%d, window %d" % (
-                       int(backend.loaded()[1]["delta_bits"]), int(backend.loaded()[1]["window"]))},
-    }
+                       int(tables["delta_bits"]), int(tables["window"]))},
+    })
+    return row
 
 
 def bench_one_coupling(raw: bytes, setting: str, samples: int) -> dict:
@@ -104,45 +68,29 @@ def bench_one_coupling(raw: bytes, setting: str, samples: int) -> dict:
     (no exact -log2 P(x): the coupling prior has no tractable marginal of x)."""
     from amdcompress.models.argmax_coupling import chunked_nelbo_bits, count_params
 
-    backend = backends.by_name("argmax-coupling")
+    row, stats, backend = round_trip_row(raw, "argmax-coupling", setting)
     coder, sha = backend.loaded()
-    t0 = time.perf_counter()
-    blob = api.compress(raw, model="argmax-coupling")
-    enc = time.perf_counter() - t0
-    stats = dict(backend.last_stats)
-    t0 = time.perf_counter()
-    back = api.decompress(blob)
-    dec = time.perf_counter() - t0
-    info = api.info(blob)
     sym, _ = textstream.split(np.frombuffer(raw, dtype=np.uint8))
     torch.set_num_threads(1)
     elbo_bits = chunked_nelbo_bits(coder.model, sym, samples=samples)
-    n = len(raw)
-    bits = 8 * len(blob)
-    stream, esc = textstream.unpack(blob[info.header_bytes:])
+    n, bits = len(raw), 8 * row["bytes"]
     cfg = coder.model.config
-    return {
-        "domain": "text", "codec": "amdcompress-argmax-coupling", "setting": setting,
-        "bytes": len(blob), "dims": n, "bits_per_dim": bits / n,
-        "encode_s": round(enc, 3), "decode_s": round(dec, 3), "verified": back == raw,
-        "encode_chars_per_s": round(n / enc, 1), "decode_chars_per_s": round(n / dec, 1),
-        "encode_MBps": round(n / enc / 1e6, 5), "decode_MBps": round(n / dec / 1e6, 5),
+    row.update({
         "elbo_bpc": elbo_bits / n, "nll_bpc": None,
         "info_bpc": stats.get("info_bits", float("nan")) / n,
         "overhead_bpc": bits / n - elbo_bits / n,
         "overhead_bits_vs_elbo": bits - elbo_bits,
         "overhead_bits_vs_info": bits - stats.get("info_bits", float("nan")),
-        "container_header_bytes": info.header_bytes,
-        "model_stream_bytes": len(stream), "escape_bytes": len(esc),
         "initial_seed_words_touched": stats.get("initial_words_used", 0),
         "chunks": stats.get("chunks", 0),
-        "model_bytes": backend.path.stat().st_size, "model_params": count_params(coder.model),
+        "model_params": count_params(coder.model),
         "params": {"weights": backend.path.name, "sha256": sha, "elbo_samples": samples,
                    "torch": torch.__version__, "threads": 1,
                    "coder": "bits-back ANS (constriction 0.5.0), grid 2^-%d, q window %d, chunks of %d chars, "
                             "%d couplings, base window +-%d" % (coder.db, coder.W, cfg.chunk, cfg.layers,
                                                                coder.base.half_window)},
-    }
+    })
+    return row
 
 
 MODELS = {  # --model -> (row function, default sizes, default output, notes)

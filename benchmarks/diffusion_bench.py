@@ -36,6 +36,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.provenance import git_commit, machine_info, sha256_bytes  # noqa: E402
+from benchmarks.text_rows import round_trip_row  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results"
@@ -43,50 +44,28 @@ DEFAULT_DATA = REPO.parent / "shared" / "data"
 TEXT_FILE = "text8/valid.txt"
 
 
-def bench_one(raw: bytes, steps: int, setting: str, model_bytes: int, weights: dict) -> dict:
-    from amdcompress import api, backends, formats, learned_diffusion
+def bench_one(raw: bytes, steps: int, setting: str, weights: dict) -> dict:
+    from amdcompress import learned_diffusion
 
-    backend = backends.by_name("diffusion")
     learned_diffusion.STEPS = steps
-    data = formats.sniff(raw)
-    t0 = time.perf_counter()
-    payload = backend.encode(data)
-    blob = api._frame(backend, data, payload)  # exactly what api.compress writes
-    enc = time.perf_counter() - t0
-    stats = backend.last_stats
-    t0 = time.perf_counter()
-    back = api.decompress(blob)
-    dec = time.perf_counter() - t0
+    row, stats, _ = round_trip_row(raw, "diffusion", setting, digits=6)
     n = len(raw)
     elbo_bpc = stats["elbo_bits"] / n
     chain_bpc = stats["ideal_bits"] / n
-    bpc = 8.0 * len(blob) / n
-    return {
-        "domain": "text",
-        "codec": "amdcompress-diffusion",
-        "setting": setting,
-        "bytes": len(blob),
-        "dims": n,
-        "bits_per_dim": round(bpc, 5),
+    bpc = row["bits_per_dim"]
+    row.update({
         "elbo_bpc": round(elbo_bpc, 5),
         "overhead_vs_elbo": round(bpc / elbo_bpc - 1.0, 5),
         "chain_bpc": round(chain_bpc, 5),
         "overhead_vs_chain": round(bpc / chain_bpc - 1.0, 5),
-        "encode_s": round(enc, 3),
-        "decode_s": round(dec, 3),
-        "encode_chars_per_s": round(n / enc, 1),
-        "decode_chars_per_s": round(n / dec, 1),
-        "encode_MBps": round(n / enc / 1e6, 6),
-        "decode_MBps": round(n / dec / 1e6, 6),
-        "model_bytes": model_bytes,
-        "verified": back == raw,
         "bzip2_same_prefix_bpc": round(8.0 * len(bz2.compress(raw, 9)) / n, 4),
         "lzma_same_prefix_bpc": round(8.0 * len(lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME)) / n, 4),
         "params": (f"{steps} of T={weights['config']['T']} steps, {len(stats['generations'])} generations, "
                    f"1 torch thread, diffusion-v1.pt sha256 {weights['sha256'][:12]} "
                    f"({weights.get('minutes')} min trained, valid ELBO {weights.get('valid_elbo_bpc')} bpc)"),
         "items": 1,
-    }
+    })
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +93,6 @@ def main(argv: list[str] | None = None) -> int:
         print("error: the diffusion weights are not installed (models/weights/diffusion-v1.*)", file=sys.stderr)
         return 2
     rec = registry.record(name)
-    model_bytes = registry.weights_path(name).stat().st_size
     torch.set_num_threads(1)
 
     rows = []
@@ -123,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs += [(a.overhead_steps, int(n), f"{a.overhead_steps} steps, {int(n) // 1024} KB file (initial-bits overhead)")
              for n in a.overhead_sizes.split(",") if n]
     for steps, n, setting in jobs:
-        r = bench_one(text[:n], steps, setting, model_bytes, rec)
+        r = bench_one(text[:n], steps, setting, rec)
         rows.append(r)
         print(f"{setting:52s} {r['bytes']:6d} B {r['bits_per_dim']:.4f} bpc  ELBO {r['elbo_bpc']:.4f}  "
               f"chain {r['chain_bpc']:.4f} (+{100 * r['overhead_vs_chain']:.2f}%)  "

@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-DATA = Path("/work/shared/data/text8")
+from amdcompress.models.training import TEXT8_DIR as DATA  # noqa: E402  ($AMDCOMPRESS_DATA or ../shared/data)
 
 
 def main(argv=None) -> None:

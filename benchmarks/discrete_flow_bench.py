@@ -18,22 +18,21 @@ import argparse
 import hashlib
 import json
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.provenance import git_commit, machine_info, now  # noqa: E402
+from benchmarks.text_rows import DEFAULT_VALID as DEFAULT_DATA, round_trip_row  # noqa: E402
 
 import numpy as np
 import torch
 
-from amdcompress import api, textstream
+from amdcompress import textstream
 from amdcompress.learned_discrete_flow import BACKEND
 from amdcompress.models import discrete_flow_coding as dc
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = Path("/work/shared/data/text8/valid.txt")
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -45,38 +44,24 @@ def _setting(size: int, total: int) -> str:
 
 def bench_one(raw: bytes, setting: str) -> dict:
     """Code ``raw`` with whatever weights BACKEND holds; one result row."""
+    row, stats, _ = round_trip_row(raw, "discrete-flow", setting)
     model, sha = BACKEND.loaded()
-    t0 = time.perf_counter()
-    blob = api.compress(raw, model="discrete-flow")
-    enc = time.perf_counter() - t0
-    stats = dict(BACKEND.last_stats)
-    t0 = time.perf_counter()
-    back = api.decompress(blob)
-    dec = time.perf_counter() - t0
-    info = api.info(blob)
     sym, _ = textstream.split(np.frombuffer(raw, dtype=np.uint8))
     torch.set_num_threads(1)
     nll = dc.nll_bits(model, sym)
     moved = float(np.mean(dc.apply_flow(model, sym) != sym)) if sym.size else 0.0
-    stream, esc = textstream.unpack(blob[info.header_bytes:])
-    n, bits, c = len(raw), 8 * len(blob), model.config
-    return {
-        "domain": "text", "codec": "amdcompress-discrete-flow", "setting": setting,
-        "bytes": len(blob), "dims": n, "bits_per_dim": bits / n,
-        "encode_s": round(enc, 3), "decode_s": round(dec, 3), "verified": back == raw,
-        "encode_chars_per_s": round(n / enc, 1), "decode_chars_per_s": round(n / dec, 1),
-        "encode_MBps": round(n / enc / 1e6, 5), "decode_MBps": round(n / dec / 1e6, 5),
+    n, bits, c = len(raw), 8 * row["bytes"], model.config
+    row.update({
         "nll_bpc": nll / n, "info_bpc": stats.get("info_bits", float("nan")) / n,
         "overhead_bpc": bits / n - nll / n, "overhead_bits_vs_nll": bits - nll,
-        "container_header_bytes": info.header_bytes, "model_stream_bytes": len(stream), "escape_bytes": len(esc),
         "lanes": stats.get("lanes", 0),
         "flow_changed_fraction": moved,  # share of symbols with z != x: how far the couplings are from the identity
-        "model_bytes": BACKEND.path.stat().st_size,
         "params": {"weights": BACKEND.path.name, "sha256": sha, "base": c.base, "coupling_layers": c.layers,
                    "chunk": c.chunk, "temperature": c.temperature, "config": c.to_dict(),
                    "torch": torch.__version__, "threads": 1,
                    "coder": "exact ANS (constriction 0.5.0), 24-bit categorical tables"},
-    }
+    })
+    return row
 
 
 def main(argv=None) -> None:

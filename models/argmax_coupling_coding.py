@@ -219,14 +219,12 @@ class Coder:
 
     # -- decoder -----------------------------------------------------------------------
     @torch.no_grad()
-    def decode(self, stream: bytes, progress=None, expected: int | None = None,
+    def decode(self, stream: bytes, progress=None,
                max_symbols: int | None = None) -> np.ndarray:
         """Model stream bytes -> symbols; raises CorruptStreamError (or another codec error)
         on anything that is not a stream this coder wrote with these weights."""
         stream = bytes(stream)
         (n,), pos = read_head(stream, STREAM_VERSION, 1, "argmax-coupling", max_symbols)
-        if expected is not None and n != expected:
-            raise CorruptStreamError("symbol count does not match the header")
         if n == 0:
             if pos != len(stream):
                 raise CorruptStreamError("trailing bytes")

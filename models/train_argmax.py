@@ -19,11 +19,6 @@ steps and minutes; fresh optimizer).
 """
 from __future__ import annotations
 
-import argparse
-import datetime
-import hashlib
-import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,10 +27,9 @@ import numpy as np
 import torch
 
 from .argmax import ArgmaxConfig, ArgmaxFlow, START, count_params
-from .training import BudgetedTraining, load_text_symbols, start_from
+from .training import (BudgetedTraining, load_text_symbols, save_weights, start_from, text_trainer_parser,
+                       text_weights_record, write_record)
 
-DATA = Path("/work/shared/data/text8")
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
 def load_symbols(path: Path, limit: int | None = None) -> np.ndarray:
@@ -132,45 +126,24 @@ def export(args) -> None:
     print(f"export: valid ({ev['chars']} chars) elbo {ev['elbo_bpc']:.4f} nll {ev['nll_bpc']:.4f}; "
         f"train[:100k] elbo {tr['elbo_bpc']:.4f} ({time.time() - t0:.0f} s)")
     tables = build_coding_tables(model, delta_bits=args.delta_bits, window=args.window)
-    WEIGHTS_DIR.mkdir(exist_ok=True)
     pt = Path(args.weights_out)
-    pt.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
-    torch.save({"kind": "argmax-weights", "config": config.to_dict(), "state_dict": state,
-                "coding": {k: torch.as_tensor(v) for k, v in tables.items()}}, pt)
-    sha = hashlib.sha256(pt.read_bytes()).hexdigest()
-    cargs = ck.get("args", {})
-    meta = {
-        "model": "argmax", "file": pt.name, "sha256": sha, "weights_tag": sha[:8],
-        "config": config.to_dict(), "params": count_params(model),
-        "coding": {"delta_bits": int(tables["delta_bits"]), "window": int(tables["window"])},
-        "data": {"train": "text8 train.txt (first 10M chars of text8)",
-                 "valid": "text8 valid.txt (chars 10M-11M of text8)"},
-        "steps": ck.get("step"), "minutes": round(ck.get("elapsed", 0.0) / 60, 1),
-        "device": "cpu (" + (platform.processor() or platform.machine()) + ")",
-        "threads": cargs.get("threads"), "batch": cargs.get("batch"), "bptt": cargs.get("bptt"),
-        "final_train_elbo_bpc": ck.get("train_elbo_bpc"),
-        "train_100k_elbo_bpc": tr["elbo_bpc"],
-        "valid_elbo_bpc": ev["elbo_bpc"], "valid_nll_bpc": ev["nll_bpc"], "valid_chars": ev["chars"],
-        "valid_eval": "one q sample per char, 8 streams with carried state",
-        "command": cargs.get("command"),
-        "export_command": args.command,
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-    }
-    meta["training_runs"] = ck.get("runs", [])
-    Path(pt.with_suffix(".json")).write_text(json.dumps(meta, indent=2) + "\n")
+    sha = save_weights(pt, {"kind": "argmax-weights", "config": config.to_dict(), "state_dict": state,
+                            "coding": {k: torch.as_tensor(v) for k, v in tables.items()}})
+    rec = text_weights_record(
+        "argmax", pt, sha, model, ck, args,
+        coding={"delta_bits": int(tables["delta_bits"]), "window": int(tables["window"])},
+        bptt=ck.get("args", {}).get("bptt"),
+        final_train_elbo_bpc=ck.get("train_elbo_bpc"), train_100k_elbo_bpc=tr["elbo_bpc"],
+        valid_elbo_bpc=ev["elbo_bpc"], valid_nll_bpc=ev["nll_bpc"], valid_chars=ev["chars"],
+        valid_eval="one q sample per char, 8 streams with carried state")
+    write_record(rec, pt.with_suffix(".json"))
     print(f"wrote {pt} ({pt.stat().st_size} bytes, sha256 {sha})")
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", default=str(DATA / "train.txt"))
-    p.add_argument("--valid", default=str(DATA / "valid.txt"))
-    p.add_argument("--out", default="runs/argmax")
-    p.add_argument("--minutes", type=float, default=100.0, help="wall-clock budget (includes resumed time)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--resume", default=None)
+    p = text_trainer_parser(__doc__.split("\n")[0], out="runs/argmax", weights="argmax-v1.pt",
+                            minutes=100.0, ckpt_minutes=5.0, log_every=20)
     p.add_argument("--fresh-schedule", action="store_true", help="with --resume: keep weights only")
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--emb", type=int, default=64)
@@ -178,22 +151,10 @@ def main(argv=None):
     p.add_argument("--mixtures", type=int, default=4)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--bptt", type=int, default=256)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--final-lr-frac", type=float, default=0.05)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--clip", type=float, default=1.0)
     p.add_argument("--reset", type=float, default=0.03)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-chars", type=int, default=100_000)
-    p.add_argument("--eval-minutes", type=float, default=5.0)
-    p.add_argument("--ckpt-minutes", type=float, default=5.0)
-    p.add_argument("--log-every", type=int, default=20)
-    p.add_argument("--no-tqdm", action="store_true")
-    p.add_argument("--export", default=None, help="export this checkpoint to --weights-out and exit")
-    p.add_argument("--weights-out", default=str(WEIGHTS_DIR / "argmax-v1.pt"))
-    p.add_argument("--export-valid-chars", type=int, default=0, help="0 = all of valid.txt")
     p.add_argument("--delta-bits", type=int, default=0, help="coding grid 2**-b (0: chosen from q)")
-    p.add_argument("--window", type=int, default=32, help="grid bins per coded magnitude (the grid step 2**-b is the finest that fits q in the window)")
+    p.add_argument("--window", type=int, default=32, help="grid bins per coded magnitude (the grid step 2**-b is "
+                   "the finest that fits q in the window)")
     args = p.parse_args(argv)
     args.command = " ".join(["python -m amdcompress.models.train_argmax"] + (argv if argv is not None else sys.argv[1:]))
     if args.export:

@@ -18,11 +18,6 @@ shipped weights file.
 """
 from __future__ import annotations
 
-import argparse
-import datetime
-import hashlib
-import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,10 +26,9 @@ import numpy as np
 import torch
 
 from .argmax_coupling import ArgmaxCouplingFlow, CouplingConfig, chunked_nelbo_bits, count_params
-from .training import BudgetedTraining, load_text_symbols, start_from
+from .training import (BudgetedTraining, load_text_symbols, save_weights, start_from, text_trainer_parser,
+                       text_weights_record, write_record)
 
-DATA = Path("/work/shared/data/text8")
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 MODULE = "python -m amdcompress.models.train_argmax_coupling"
 
 
@@ -93,43 +87,22 @@ def export(args) -> None:
         f"({time.time() - t0:.0f} s)")
     tables = build_tables(model)
     pt = Path(args.weights_out)
-    pt.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
-    torch.save({"kind": "argmax-coupling-weights", "config": config.to_dict(), "state_dict": sd,
-                "coding": {k: torch.as_tensor(v) for k, v in tables.items()}}, pt)
-    sha = hashlib.sha256(pt.read_bytes()).hexdigest()
-    cargs = ck.get("args", {})
-    meta = {
-        "model": "argmax-coupling", "file": pt.name, "sha256": sha, "weights_tag": sha[:8],
-        "config": config.to_dict(), "params": count_params(model),
-        "coding": {"delta_bits": int(tables["delta_bits"]), "window": int(tables["window"])},
-        "data": {"train": "text8 train.txt (first 10M chars of text8)",
-                 "valid": "text8 valid.txt (chars 10M-11M of text8)"},
-        "steps": ck.get("step"), "minutes": round(ck.get("elapsed", 0.0) / 60, 1),
-        "device": "cpu (" + (platform.processor() or platform.machine()) + ")",
-        "threads": cargs.get("threads"), "batch": cargs.get("batch"), "chunk": config.chunk,
-        "final_train_elbo_bpc": ck.get("train_elbo_bpc"),
-        "train_100k_elbo_bpc": tr["elbo_bpc"],
-        "valid_elbo_bpc": ev["elbo_bpc"], "valid_chars": ev["chars"],
-        "valid_eval": f"one q sample per char, chunks of {config.chunk} as the coder cuts them",
-        "command": cargs.get("command"),
-        "export_command": args.command,
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-    }
-    meta["training_runs"] = ck.get("runs", [])
-    pt.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    sha = save_weights(pt, {"kind": "argmax-coupling-weights", "config": config.to_dict(), "state_dict": sd,
+                            "coding": {k: torch.as_tensor(v) for k, v in tables.items()}})
+    rec = text_weights_record(
+        "argmax-coupling", pt, sha, model, ck, args,
+        coding={"delta_bits": int(tables["delta_bits"]), "window": int(tables["window"])}, chunk=config.chunk,
+        final_train_elbo_bpc=ck.get("train_elbo_bpc"), train_100k_elbo_bpc=tr["elbo_bpc"],
+        valid_elbo_bpc=ev["elbo_bpc"], valid_chars=ev["chars"],
+        valid_eval=f"one q sample per char, chunks of {config.chunk} as the coder cuts them")
+    write_record(rec, pt.with_suffix(".json"))
     print(f"wrote {pt} ({pt.stat().st_size} bytes, sha256 {sha})")
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", default=str(DATA / "train.txt"))
-    p.add_argument("--valid", default=str(DATA / "valid.txt"))
-    p.add_argument("--out", default="runs/argmax_coupling")
-    p.add_argument("--minutes", type=float, default=45.0, help="wall-clock budget (includes resumed time)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--resume", default=None, help="checkpoint (model, optimizer, schedule)")
+    p = text_trainer_parser(__doc__.split("\n")[0], out="runs/argmax_coupling", weights="argmax-coupling-v1.pt",
+                            minutes=45.0, ckpt_minutes=3.0, log_every=50)
     p.add_argument("--chunk", type=int, default=128)
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--hidden", type=int, default=96)
@@ -139,19 +112,6 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--partial", type=float, default=0.25,
                    help="share of training chunks cut short (padded), as the coder's warm-up and last chunks are")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--final-lr-frac", type=float, default=0.05)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--clip", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-chars", type=int, default=100_000)
-    p.add_argument("--eval-minutes", type=float, default=5.0)
-    p.add_argument("--ckpt-minutes", type=float, default=3.0)
-    p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--no-tqdm", action="store_true")
-    p.add_argument("--export", default=None, help="export this checkpoint to --weights-out and exit")
-    p.add_argument("--weights-out", default=str(WEIGHTS_DIR / "argmax-coupling-v1.pt"))
-    p.add_argument("--export-valid-chars", type=int, default=0, help="0 = all of valid.txt")
     args = p.parse_args(argv)
     args.command = " ".join([MODULE] + (list(argv) if argv is not None else sys.argv[1:]))
     if args.export:

@@ -19,11 +19,6 @@ when the held-out bpc improved); the loop is :class:`.training.BudgetedTraining`
 """
 from __future__ import annotations
 
-import argparse
-import datetime
-import hashlib
-import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,10 +27,9 @@ import numpy as np
 import torch
 
 from .discrete_flow import DiscreteFlow, DiscreteFlowConfig, count_params
-from .training import BudgetedTraining, load_text_symbols, start_from
+from .training import (BudgetedTraining, load_text_symbols, save_weights, start_from, text_trainer_parser,
+                       text_weights_record, write_record)
 
-DATA = Path("/work/shared/data/text8")
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
 @torch.no_grad()
@@ -121,48 +115,27 @@ def export(args) -> None:
     model = DiscreteFlow(config)
     model.load_state_dict(ck["model"])
     pt = Path(args.weights_out)
-    pt.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"kind": "discrete-flow-weights", "config": config.to_dict(),
-                "state_dict": compact_state_dict(model.state_dict())}, pt)
-    sha = hashlib.sha256(pt.read_bytes()).hexdigest()
+    sha = save_weights(pt, {"kind": "discrete-flow-weights", "config": config.to_dict(),
+                            "state_dict": compact_state_dict(model.state_dict())})
     shipped, _ = load_weights(pt, sha)          # what the coder will use (float16 -> float32)
     t0 = time.time()
     ev = evaluate(shipped, load_symbols(Path(args.valid), args.export_valid_chars or None))
     tr = evaluate(shipped, load_symbols(Path(args.data), 100_000))
     print(f"export: valid ({ev['chars']} chars) bpc {ev['bpc']:.4f}; train[:100k] bpc {tr['bpc']:.4f} "
-        f"({time.time() - t0:.0f} s)")
-    cargs = ck.get("args", {})
-    meta = {
-        "model": "discrete-flow", "file": pt.name, "sha256": sha, "weights_tag": sha[:8],
-        "config": config.to_dict(), "params": count_params(model),
-        "variant": ("discrete autoregressive flow: bipartite layers over an LSTM base" if config.base == "ar"
-                    else "bipartite discrete flow over a factorized base"),
-        "data": {"train": "text8 train.txt (first 10M chars of text8)",
-                 "valid": "text8 valid.txt (chars 10M-11M of text8)"},
-        "steps": ck.get("step"), "minutes": round(ck.get("elapsed", 0.0) / 60, 1),
-        "device": "cpu (" + (platform.processor() or platform.machine()) + ")",
-        "threads": cargs.get("threads"), "batch": cargs.get("batch"),
-        "final_train_bpc": ck.get("train_bpc"), "train_100k_bpc": tr["bpc"],
-        "valid_bpc": ev["bpc"], "valid_chars": ev["chars"],
-        "valid_eval": "exact -log2 P(x) of the float16-rounded shipped weights, 4 streams with carried state",
-        "command": cargs.get("command"),
-        "export_command": args.command,
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "training_runs": ck.get("runs", []),
-    }
-    pt.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+          f"({time.time() - t0:.0f} s)")
+    rec = text_weights_record(
+        "discrete-flow", pt, sha, model, ck, args,
+        variant=("discrete autoregressive flow: bipartite layers over an LSTM base" if config.base == "ar"
+                 else "bipartite discrete flow over a factorized base"),
+        final_train_bpc=ck.get("train_bpc"), train_100k_bpc=tr["bpc"], valid_bpc=ev["bpc"], valid_chars=ev["chars"],
+        valid_eval="exact -log2 P(x) of the float16-rounded shipped weights, 4 streams with carried state")
+    write_record(rec, pt.with_suffix(".json"))
     print(f"wrote {pt} ({pt.stat().st_size} bytes, sha256 {sha})")
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", default=str(DATA / "train.txt"))
-    p.add_argument("--valid", default=str(DATA / "valid.txt"))
-    p.add_argument("--out", default="runs/discrete_flow")
-    p.add_argument("--minutes", type=float, default=40.0, help="wall-clock budget (includes resumed time)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--resume", default=None)
+def parser():
+    p = text_trainer_parser(__doc__.split("\n")[0], out="runs/discrete_flow", weights="discrete-flow-v1.pt",
+                            minutes=40.0, ckpt_minutes=4.0, log_every=50)
     p.add_argument("--base", choices=("ar", "factorized"), default="ar")
     p.add_argument("--layers", type=int, default=2, help="coupling layers")
     p.add_argument("--chunk", type=int, default=128)
@@ -173,20 +146,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--emb", type=int, default=64)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--final-lr-frac", type=float, default=0.05)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--clip", type=float, default=1.0)
     p.add_argument("--reset", type=float, default=0.03)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-chars", type=int, default=100_000)
-    p.add_argument("--eval-minutes", type=float, default=5.0)
-    p.add_argument("--ckpt-minutes", type=float, default=4.0)
-    p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--no-tqdm", action="store_true")
-    p.add_argument("--export", default=None, help="export this checkpoint to --weights-out and exit")
-    p.add_argument("--weights-out", default=str(WEIGHTS_DIR / "discrete-flow-v1.pt"))
-    p.add_argument("--export-valid-chars", type=int, default=0, help="0 = all of valid.txt")
     return p
 
 

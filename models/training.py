@@ -276,3 +276,70 @@ class BudgetedTraining:
         self.log("done")
         self.log.close()
         return {**ev, "steps": self.step, "minutes": round(elapsed() / 60, 2)}
+
+
+# --------------------------------------------------------------------------- text trainers: options and export
+TEXT8_DIR = Path(os.environ.get("AMDCOMPRESS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "text8"
+TEXT8_SPLIT = {"train": "text8 train.txt (first 10M chars of text8)", "valid": "text8 valid.txt (chars 10M-11M of text8)"}
+
+
+def text_trainer_parser(description: str, *, out: str, weights: str, minutes: float, ckpt_minutes: float,
+                        log_every: int):
+    """The options of every :class:`BudgetedTraining` text trainer (data,
+    budget, schedule, checkpoints, export); the script adds its model's own."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--data", default=str(TEXT8_DIR / "train.txt"))
+    p.add_argument("--valid", default=str(TEXT8_DIR / "valid.txt"))
+    p.add_argument("--out", default=out)
+    p.add_argument("--minutes", type=float, default=minutes, help="wall-clock budget (includes resumed time)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--resume", default=None, help="checkpoint (model, optimizer, schedule) or shipped weights file")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--final-lr-frac", type=float, default=0.05)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--clip", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-chars", type=int, default=100_000)
+    p.add_argument("--eval-minutes", type=float, default=5.0)
+    p.add_argument("--ckpt-minutes", type=float, default=ckpt_minutes)
+    p.add_argument("--log-every", type=int, default=log_every)
+    p.add_argument("--no-tqdm", action="store_true")
+    p.add_argument("--export", default=None, help="export this checkpoint to --weights-out and exit")
+    p.add_argument("--weights-out", default=str(Path(__file__).resolve().parent / "weights" / weights))
+    p.add_argument("--export-valid-chars", type=int, default=0, help="0 = all of valid.txt")
+    return p
+
+
+def save_weights(path: Path, payload: dict) -> str:
+    """Write a weights file atomically (creating its folder); its sha256 hex."""
+    import hashlib
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save(payload, path)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def text_weights_record(name: str, path: Path, sha: str, model: torch.nn.Module, ck: dict, args, **fields) -> dict:
+    """The JSON record of an exported text model: what every text model's
+    record holds (file, hash, config, size, data, steps, minutes, device, the
+    commands and the run history from the checkpoint ``ck``) plus ``fields``."""
+    import platform
+
+    cargs = ck.get("args", {})
+    return {
+        "model": name, "file": Path(path).name, "sha256": sha, "weights_tag": sha[:8],
+        "config": model.config.to_dict(), "params": sum(p.numel() for p in model.parameters()),
+        "data": dict(TEXT8_SPLIT),
+        "steps": ck.get("step"), "minutes": round(ck.get("elapsed", 0.0) / 60, 1),
+        "device": "cpu (" + (platform.processor() or platform.machine()) + ")",
+        "threads": cargs.get("threads"), "batch": cargs.get("batch"),
+        **fields,
+        "command": cargs.get("command"),
+        "export_command": args.command,
+        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "training_runs": ck.get("runs", []),
+    }

@@ -1,0 +1,41 @@
+"""What every learned-text benchmark row holds: one timed round trip of the
+input through the public API (``api.compress`` / ``api.decompress``), its
+actual ``.amd`` size, speed, and how the file splits into header, model stream
+and escapes. The ``*_bench.py`` scripts add their model's own measurements."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+DEFAULT_VALID = Path(os.environ.get("AMDCOMPRESS_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data") \
+    / "text8" / "valid.txt"
+
+
+def round_trip_row(raw: bytes, model: str, setting: str, digits: int = 5) -> tuple[dict, dict, object]:
+    """``(row, stats, backend)``: the shared row fields for coding ``raw`` with
+    ``model``, the backend's ``last_stats`` of that encode, and the backend.
+    ``verified`` is whether decoding gave ``raw`` back."""
+    from amdcompress import api, backends
+
+    backend = backends.by_name(model)
+    t0 = time.perf_counter()
+    blob = api.compress(raw, model=model)
+    enc = time.perf_counter() - t0
+    stats = dict(backend.last_stats)
+    t0 = time.perf_counter()
+    back = api.decompress(blob)
+    dec = time.perf_counter() - t0
+    info = api.info(blob)
+    n = len(raw)
+    row = {
+        "domain": "text", "codec": f"amdcompress-{model}", "setting": setting,
+        "bytes": len(blob), "dims": n, "bits_per_dim": 8 * len(blob) / n,
+        "encode_s": round(enc, 3), "decode_s": round(dec, 3), "verified": back == raw,
+        "encode_chars_per_s": round(n / enc, 1), "decode_chars_per_s": round(n / dec, 1),
+        "encode_MBps": round(n / enc / 1e6, digits), "decode_MBps": round(n / dec / 1e6, digits),
+        "container_header_bytes": info.header_bytes,
+        "model_stream_bytes": info.details["model_stream_bytes"], "escape_bytes": info.details["escape_bytes"],
+        "model_bytes": backend.path.stat().st_size,
+    }
+    return row, stats, backend
