@@ -14,7 +14,9 @@ Structure, for ``levels`` levels (an image ``x`` of ``C`` channels, centered as
                       computes from the kept half; the kept half goes on
                   top level: split in halves a, b: b | a under a conditional
                       mixture (conv net on a), a under learned per-channel
-                      constants
+                      constants; with ``top_groups`` G > 1, a is coded in G
+                      channel groups, group g under the constants plus a conv
+                      net on groups < g (:class:`TopCascade`)
 
 One definition of the distributions serves training (:meth:`IDF.forward`, the
 negative log-likelihood in bits per dimension, float32) and coding
@@ -54,6 +56,8 @@ DEFAULT_CONFIG = {
     "in_scale": 1.0 / 64,       # net input = latent * in_scale
     "t_scale": 32.0,            # translation = net output * t_scale (integer units)
     "mu_scale": 32.0,           # prior mean = net output * mu_scale
+    "top_groups": 1,            # channel groups of the top 'a' latent (1: constants only)
+    "top_width": 64,            # width of each top-cascade net
     "seed": 0,                  # seeds the channel permutations
     "perms": None,              # filled in by make_config
 }
@@ -216,6 +220,33 @@ class ConstPrior(nn.Module):
         return b(self.mu * self.mu_scale), b(self.log_scale), b(self.logit)
 
 
+class TopCascade(nn.Module):
+    """Corrections to the constant top prior, one conv net per channel group
+    g = 1 .. G-1 on the groups before it. The nets' last layers start at zero,
+    so adding a cascade to a trained model leaves its likelihood unchanged."""
+
+    def __init__(self, c: int, k: int, groups: int, width: int, blocks: int, in_scale: float, mu_scale: float,
+                 kernels=(3, 3)):
+        super().__init__()
+        if not 1 <= groups <= c:
+            raise ValueError(f"top_groups must lie in [1, {c}]")
+        self.k, self.in_scale, self.mu_scale = k, in_scale, mu_scale
+        self.bounds = [c * g // groups for g in range(groups + 1)]
+        self.nets = nn.ModuleList(
+            ResNet(self.bounds[g], 3 * k * (self.bounds[g + 1] - self.bounds[g]), width, blocks, zero_out=True,
+                   kernels=kernels)
+            for g in range(1, groups)
+        )
+
+    def correction(self, g: int, before: torch.Tensor):
+        """Additive (mu, log_scale, logit) for group g >= 1, given groups < g (N, bounds[g], h, w)."""
+        n, _, h, w = before.shape
+        cg = self.bounds[g + 1] - self.bounds[g]
+        out = self.nets[g - 1](before.contiguous() * self.in_scale)
+        out = out.view(n, 3, cg, self.k, h, w).permute(1, 0, 2, 4, 5, 3)
+        return out[0] * self.mu_scale, out[1], out[2]
+
+
 def logistic_mixture_logp(z, mu, log_scale, logit) -> torch.Tensor:
     """log P(z) (nats) of a discretized logistic mixture on integer bins
     [z - 0.5, z + 0.5], no folding of end bins (latents have open support);
@@ -267,6 +298,23 @@ class IDF(nn.Module):
                              cfg["mu_scale"], cfg["block_kernels"])
             )
         self.top_prior = ConstPrior(chans[-1] // 2, K, cfg["mu_scale"])
+        groups = cfg.get("top_groups", 1)
+        self.top_cascade = (TopCascade(chans[-1] // 2, K, groups, cfg.get("top_width", 64), cfg["prior_blocks"],
+                                       cfg["in_scale"], cfg["mu_scale"], cfg["block_kernels"])
+                            if groups > 1 else None)
+
+    def top_bounds(self) -> list[int]:
+        """Channel boundaries of the top 'a' groups, in the order they are coded."""
+        return self.top_cascade.bounds if self.top_cascade is not None else [0, self.chans[-1] // 2]
+
+    def top_params(self, g: int, before: torch.Tensor | None, n: int, h: int, w: int):
+        """Mixture parameters of top group g, given the groups before it ((N, bounds[g], h, w); None for g = 0)."""
+        lo, hi = self.top_bounds()[g], self.top_bounds()[g + 1]
+        mu, ls, lg = (p[:, lo:hi] for p in self.top_prior(n, h, w))
+        if g == 0:
+            return mu, ls, lg
+        dm, dl, dg = self.top_cascade.correction(g, before)
+        return mu + dm, ls + dl, lg + dg
 
     @property
     def multiple(self) -> int:
@@ -276,8 +324,8 @@ class IDF(nn.Module):
     # -- the flow, image -> parts (training and encoder) ----------------------
     def analyse(self, x: torch.Tensor, ste: bool = True) -> list[Part]:
         """Centered integer images (N, C, H, W) as float -> the coded parts in
-        the decoder's pop order: top a, top b|a, then factor-outs from the
-        deepest level down to level 0."""
+        the decoder's pop order: the groups of top a, top b|a, then factor-outs
+        from the deepest level down to level 0."""
         parts: list[Part] = []
         L = len(self.levels)
         for lev in range(L):
@@ -289,7 +337,10 @@ class IDF(nn.Module):
             parts.append(Part(out, *self.priors[lev](keep)))
             if lev == L - 1:
                 n, _, h, w = keep.shape
-                parts.append(Part(keep, *self.top_prior(n, h, w)))
+                b = self.top_bounds()
+                for g in reversed(range(len(b) - 1)):
+                    before = keep[:, : b[g]] if g else None
+                    parts.append(Part(keep[:, b[g] : b[g + 1]], *self.top_params(g, before, n, h, w)))
             x = keep
         return parts[::-1]
 

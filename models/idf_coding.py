@@ -281,8 +281,13 @@ def decode(model: IDF, payload: bytes, shape: tuple[int, int, int, int], progres
         for s, e in chunks:
             k = e - s
             a_shape = model.top_shape(k, hp, wp)
-            m, z = _coder(Part(None, *model.top_prior(k, a_shape[2], a_shape[3]))).pop(m)
-            x = torch.from_numpy(z.astype(np.float32)).reshape(a_shape)
+            bounds = model.top_bounds()
+            x = torch.empty(a_shape[0], 0, a_shape[2], a_shape[3])
+            for g in range(len(bounds) - 1):
+                params = model.top_params(g, x if g else None, k, a_shape[2], a_shape[3])
+                m, z = _coder(Part(None, *params)).pop(m)
+                zg = torch.from_numpy(z.astype(np.float32)).reshape(k, bounds[g + 1] - bounds[g], *a_shape[2:])
+                x = torch.cat([x, zg], dim=1)
             for lev in reversed(range(L)):
                 mu, ls, lg = model.priors[lev](x)
                 cz = model.chans[lev] - model.chans[lev] // 2

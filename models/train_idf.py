@@ -3,6 +3,13 @@
     python -m amdcompress.models.train_idf --threads 1 --minutes 110
     python -m amdcompress.models.train_idf --resume runs/idf/last.pt --minutes 60
     python -m amdcompress.models.train_idf --resume runs/idf/last.pt --export
+    python -m amdcompress.models.train_idf --resume MODEL_WITHOUT_CASCADE.pt --top-groups 4 \
+        --train-only top_cascade. --lr 5e-4 --half-life 1e12 --minutes 14
+
+The last form grows a trained model by a top cascade (:class:`.idf.TopCascade`,
+zero-initialised, so it starts at the same likelihood) and trains only that,
+the flow and the other priors fixed at their averaged weights: how idf-v2 was
+made from idf-v1 (in the git history; its record lists both commands).
 
 Loss: negative log-likelihood in bits per dimension (exact: the flow is an
 integer bijection). Adamax with linear warmup and exponential decay, an EMA of
@@ -11,7 +18,7 @@ Every ``--ckpt-minutes`` a full checkpoint (model, optimizer, EMA, step,
 elapsed training seconds) goes to ``OUT/last.pt``; every ``--eval-minutes``
 the EMA model's held-out bpd goes to ``OUT/log.txt`` and ``OUT/metrics.jsonl``.
 ``--resume`` takes a full checkpoint or a shipped weights file alone.
-``--export`` writes ``models/weights/idf-v1.pt`` (EMA weights + config) and
+``--export`` writes ``models/weights/idf-v2.pt`` (EMA weights + config) and
 its JSON record from the checkpoint given by ``--resume``.
 """
 from __future__ import annotations
@@ -33,7 +40,7 @@ from .training import lr_at as schedule
 
 DATA = "/work/shared/data/cifar10/train.npy"
 TEST = "/work/shared/data/cifar10/test.npy"
-WEIGHTS_NAME = "idf-v1"
+WEIGHTS_NAME = "idf-v2"
 
 
 def parse_args(argv=None):
@@ -52,6 +59,12 @@ def parse_args(argv=None):
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights")
     p.add_argument("--clip", type=float, default=200.0, help="gradient-norm clip")
     p.add_argument("--config", default="{}", help="JSON overrides of the model config (new runs only)")
+    p.add_argument("--top-groups", type=int, default=0,
+                   help="give a resumed model a top cascade of this many channel groups (its new nets start at "
+                        "zero, so the model's likelihood is unchanged at the start)")
+    p.add_argument("--train-only", default="",
+                   help="train only parameters whose names start with this prefix (e.g. top_cascade.); "
+                        "the rest stays fixed")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", help="full checkpoint or shipped weights file to start from")
     p.add_argument("--ckpt-minutes", type=float, default=5.0)
@@ -99,6 +112,15 @@ def load_start(path: str, device):
     raise SystemExit(f"{path}: neither a checkpoint nor a weights file")
 
 
+def load_grown(model: IDF, state: dict) -> None:
+    """Load a state dict that may lack the parameters of parts added since
+    (a top cascade); those keep their function-preserving initialisation."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    new = [k for k in missing if not k.startswith("top_cascade.")]
+    if new or unexpected:
+        raise SystemExit(f"checkpoint does not fit the model (missing {new[:3]}, unexpected {unexpected[:3]})")
+
+
 def export(ckpt_path: str, weights_dir: Path | None = None, command: str | None = None) -> dict:
     """Write the EMA weights + config of a checkpoint as the shipped model, and its record."""
     from . import registry
@@ -141,6 +163,7 @@ def export(ckpt_path: str, weights_dir: Path | None = None, command: str | None 
         "final_test_bpd": hist.get("test_bpd"),
         "test_bpd_is": "EMA weights, model NLL on the held-out batch (not coded size)",
         "command": hist.get("command"),
+        "earlier_commands": hist.get("earlier_commands", []),
         "export_command": command or " ".join(["python -m amdcompress.models.train_idf"] + sys.argv[1:]),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -169,19 +192,36 @@ def main(argv=None) -> int:
     if a.resume:
         cfg, model_sd, ema_sd, opt_state, step, elapsed, obj = load_start(a.resume, device)
         history = obj.get("history", {}) if isinstance(obj.get("history"), dict) else {}
+        if "state_dict" in obj:  # a shipped file: carry the commands of its record into this run's history
+            rec_path = Path(a.resume).with_suffix(".json")
+            if rec_path.exists():
+                rec = json.loads(rec_path.read_text())
+                history["earlier_commands"] = list(rec.get("earlier_commands", [])) + [rec.get("command")]
     else:
         cfg = make_config(**json.loads(a.config))
+    if a.top_groups and a.top_groups != cfg.get("top_groups", 1):
+        if not a.resume:
+            raise SystemExit("--top-groups extends a resumed model; for a new run use --config")
+        if cfg.get("top_groups", 1) > 1:
+            raise SystemExit(f"{a.resume} already has a top cascade of {cfg['top_groups']} groups")
+        cfg = dict(cfg, top_groups=a.top_groups, top_width=cfg.get("top_width", 64))
+        opt_state = None  # the parameter list changed
     model = IDF(cfg).to(device)
-    if a.resume:
-        model.load_state_dict(model_sd)
+    if a.resume:  # training only a part: the fixed rest keeps the averaged (shipped) weights
+        load_grown(model, ema_sd if a.train_only else model_sd)
     ema = EMA(model, a.ema)
     if a.resume:
-        ema.shadow = {k: v.to(device).clone() for k, v in ema_sd.items()}
+        ema.shadow.update({k: v.to(device).clone() for k, v in ema_sd.items() if k in ema.shadow})
+    if a.train_only:
+        for name, prm in model.named_parameters():
+            prm.requires_grad_(name.startswith(a.train_only))
+        if not any(prm.requires_grad for prm in model.parameters()):
+            raise SystemExit(f"--train-only {a.train_only!r} matches no parameter")
     eval_model = IDF(cfg).to(device)
     if a.channels_last:
         model = model.to(memory_format=torch.channels_last)
         eval_model = eval_model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adamax(model.parameters(), lr=a.lr)
+    opt = torch.optim.Adamax([prm for prm in model.parameters() if prm.requires_grad], lr=a.lr)
     if opt_state is not None:
         try:
             opt.load_state_dict(opt_state)
@@ -252,7 +292,7 @@ def main(argv=None) -> int:
             loss, _ = model(x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            gn = torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)
+            gn = torch.nn.utils.clip_grad_norm_([prm for prm in model.parameters() if prm.requires_grad], a.clip)
             if torch.isfinite(gn):
                 opt.step()
                 ema.update(model, step)

@@ -23,15 +23,16 @@ TINY = dict(levels=2, couplings=2, width=8, prior_width=8, mixtures=3, seed=3)
 CIFAR_TEST = Path("/work/shared/data/cifar10/test.npy")
 
 
-def tiny_model(seed: int = 0) -> IDF:
-    """A tiny IDF with non-trivial couplings (their zero-initialised output layers perturbed)."""
+def tiny_model(seed: int = 0, top_groups: int = 1) -> IDF:
+    """A tiny IDF with non-trivial couplings and top cascade (their
+    zero-initialised output layers perturbed)."""
     torch.manual_seed(seed)
-    m = IDF(make_config(**TINY))
+    m = IDF(make_config(**TINY, top_groups=top_groups, top_width=8))
+    nets = [cpl.net for lev in m.levels for cpl in lev] + list(m.top_cascade.nets if m.top_cascade else [])
     with torch.no_grad():
-        for lev in m.levels:
-            for cpl in lev:
-                cpl.net.conv_out.weight.normal_(0.0, 0.05)
-                cpl.net.conv_out.bias.normal_(0.0, 0.5)
+        for net in nets:
+            net.conv_out.weight.normal_(0.0, 0.05)
+            net.conv_out.bias.normal_(0.0, 0.5)
     return m.eval()
 
 
@@ -80,17 +81,18 @@ def test_squeeze_and_coupling_invertible(seed, n, hw, c, mag):
 
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 2), h=st.sampled_from([4, 8, 12]),
-       w=st.sampled_from([4, 8]))
-def test_whole_flow_invertible(seed, n, h, w):
-    m = tiny_model(seed % 7)
+       w=st.sampled_from([4, 8]), groups=st.sampled_from([1, 3]))
+def test_whole_flow_invertible(seed, n, h, w, groups):
+    m = tiny_model(seed % 7, top_groups=groups)
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(-128, 128, (n, 3, h, w), generator=g).float()
     with torch.no_grad():
         parts = m.analyse(x, ste=False)
-        # parts: top a, top b|a, then factor-outs from the deepest level down
-        rec = parts[0].z
-        rec = m.invert_level(len(m.levels) - 1, rec, parts[1].z)
-        for lev, p in zip(reversed(range(len(m.levels) - 1)), parts[2:]):
+        # parts: the groups of top a, top b|a, then factor-outs from the deepest level down
+        assert len(parts) == groups + len(m.levels)
+        rec = torch.cat([p.z for p in parts[:groups]], dim=1)
+        rec = m.invert_level(len(m.levels) - 1, rec, parts[groups].z)
+        for lev, p in zip(reversed(range(len(m.levels) - 1)), parts[groups + 1 :]):
             rec = m.invert_level(lev, rec, p.z)
     assert torch.equal(rec, x)
     assert sum(p.z.numel() for p in parts) == x.numel()  # volume preserving: one latent per pixel
@@ -99,11 +101,25 @@ def test_whole_flow_invertible(seed, n, h, w):
 # -- exact coding ------------------------------------------------------------------
 
 
-def test_coding_round_trip_batch():
-    m = tiny_model()
+@pytest.mark.parametrize("groups", [1, 3])
+def test_coding_round_trip_batch(groups):
+    m = tiny_model(top_groups=groups)
     x = images(6, 16, 16)
     payload = idf_coding.encode(m, x)
     assert np.array_equal(idf_coding.decode(m, payload, x.shape), x)
+
+
+def test_top_cascade_starts_as_the_constant_prior():
+    """Growing a trained model by a top cascade (train_idf --top-groups) keeps
+    its likelihood: the new nets start at zero."""
+    from amdcompress.models.train_idf import load_grown
+
+    plain = tiny_model(4)
+    grown = IDF(dict(plain.config, top_groups=3, top_width=8)).eval()
+    load_grown(grown, plain.state_dict())
+    x = to_input(images(3, 16, 16))
+    with torch.no_grad():
+        assert torch.equal(plain(x)[1], grown(x)[1])
 
 
 def test_coding_round_trip_odd_size_single_image():
@@ -148,7 +164,7 @@ _CHILD = textwrap.dedent("""
 def test_separate_processes_agree(tmp_path):
     """Encode here and in a child process (another thread setting in its
     environment): identical payloads; the child decodes this process's payload."""
-    m = tiny_model(2)
+    m = tiny_model(2, top_groups=2)
     wpath = tmp_path / "w.pt"
     torch.save({"config": m.config, "state_dict": m.state_dict()}, wpath)
     x = images(3, 24, 20, seed=7)
@@ -208,11 +224,23 @@ def test_train_script_resume_and_export(tmp_path):
     assert json.loads(lines[-1])["test_bpd"] > 0
     wdir = tmp_path / "weights"
     assert train_idf.main(["--export", "--resume", str(tmp_path / "run" / "last.pt"), "--weights-dir", str(wdir)]) == 0
-    rec = json.loads((wdir / "idf-v1.json").read_text())
-    assert rec["sha256"] == registry.sha256_file(wdir / "idf-v1.pt") and rec["steps"] == 5
+    name = train_idf.WEIGHTS_NAME
+    rec = json.loads((wdir / f"{name}.json").read_text())
+    assert rec["sha256"] == registry.sha256_file(wdir / f"{name}.pt") and rec["steps"] == 5
     # resuming from the shipped file alone works too
-    assert train_idf.main(common + ["--max-steps", "6", "--resume", str(wdir / "idf-v1.pt"),
+    assert train_idf.main(common + ["--max-steps", "6", "--resume", str(wdir / f"{name}.pt"),
                                     "--out", str(tmp_path / "run2")]) == 0
+    # growing a top cascade and training only it leaves the rest of the model as shipped
+    assert train_idf.main(common + ["--max-steps", "9", "--resume", str(wdir / f"{name}.pt"), "--top-groups", "3",
+                                    "--train-only", "top_cascade.", "--lr", "0.01",
+                                    "--out", str(tmp_path / "run3")]) == 0
+    shipped = torch.load(wdir / f"{name}.pt", weights_only=True)["state_dict"]
+    grown = torch.load(tmp_path / "run3" / "last.pt", weights_only=True)
+    assert grown["config"]["top_groups"] == 3 and grown["step"] == 9
+    for k, v in shipped.items():
+        assert torch.equal(grown["ema"][k], v.float()) and torch.equal(grown["model"][k], v.float()), k
+    assert any(grown["model"][k].abs().sum() > 0 for k in grown["model"] if k.startswith("top_cascade.")
+               and k.endswith("conv_out.weight"))
 
 
 # -- registry ---------------------------------------------------------------------------
@@ -222,22 +250,22 @@ def test_registry_refuses_mismatching_weights(tmp_path, monkeypatch):
     from amdcompress.errors import AmdError
 
     m = tiny_model()
-    torch.save({"config": m.config, "state_dict": m.state_dict()}, tmp_path / "idf-v1.pt")
-    sha = registry.sha256_file(tmp_path / "idf-v1.pt")
-    (tmp_path / "idf-v1.json").write_text(json.dumps({"sha256": sha}))
+    torch.save({"config": m.config, "state_dict": m.state_dict()}, tmp_path / "idf-v2.pt")
+    sha = registry.sha256_file(tmp_path / "idf-v2.pt")
+    (tmp_path / "idf-v2.json").write_text(json.dumps({"sha256": sha}))
     monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)
-    assert registry.weights_tag("idf-v1") == bytes.fromhex(sha)[:4]
-    assert registry.load("idf-v1")["config"] == m.config
-    raw = bytearray((tmp_path / "idf-v1.pt").read_bytes())
+    assert registry.weights_tag("idf-v2") == bytes.fromhex(sha)[:4]
+    assert registry.load("idf-v2")["config"] == m.config
+    raw = bytearray((tmp_path / "idf-v2.pt").read_bytes())
     raw[len(raw) // 2] ^= 1
-    (tmp_path / "idf-v1.pt").write_bytes(bytes(raw))
+    (tmp_path / "idf-v2.pt").write_bytes(bytes(raw))
     with pytest.raises(AmdError, match="sha256"):
-        registry.load("idf-v1")
+        registry.load("idf-v2")
 
 
 # -- public API with the shipped weights --------------------------------------------------
 
-shipped = pytest.mark.skipif(not registry.available("idf-v1"), reason="shipped IDF weights not installed")
+shipped = pytest.mark.skipif(not registry.available("idf-v2"), reason="shipped IDF weights not installed")
 
 
 def _png(a: np.ndarray) -> bytes:
@@ -290,3 +318,25 @@ def test_coded_size_matches_model_nll():
     nll = idf_coding.model_bits(m, x)
     assert 8 * len(payload) <= nll * 1.01 + 64
     assert 8 * len(payload) >= nll * 0.99
+
+
+# -- the context probe (benchmarks/idf_context_probe.py) ---------------------------------
+
+
+def test_context_probe_parts_and_zero_start():
+    """The probe sees every coded part of a model with a top cascade, its
+    'before' is the model's own NLL, and its correction starts at zero."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks import idf_context_probe as probe
+
+    m = tiny_model(5, top_groups=2)
+    x = images(4, 32, 32)
+    parts = probe.collect(m, x)
+    assert set(parts) == {"top-a", "top-b", "level0"}  # two levels: no level1
+    with torch.no_grad():
+        nll_bpd = float(m(to_input(x))[1].double().sum()) / (4 * 3 * 32 * 32)
+    rows = [probe.probe(parts[name], parts[name], 2, 2, 4, 0.0) for name in parts]
+    assert all(r["before_test_bpd"] == r["after_test_bpd"] for r in rows)
+    assert sum(r["before_test_bpd"] for r in rows) == pytest.approx(nll_bpd, rel=1e-5)
+    stages = probe.stage_map(4, 4, 4, 4, 2)
+    assert sorted(torch.bincount(stages.flatten()).tolist()) == [8] * 8
