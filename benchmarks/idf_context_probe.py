@@ -34,8 +34,10 @@ from benchmarks.provenance import git_commit, machine_info, now, sha256_file  # 
 
 import numpy as np
 
+from amdcompress.models.datasets import shared_data_dir
+
 ROOT = Path(__file__).resolve().parent.parent
-DATA = Path("/work/shared/data/cifar10")
+DATA = shared_data_dir() / "cifar10"
 PARTS = ("top-a", "top-b", "level1", "level0")
 
 
@@ -63,12 +65,11 @@ def collect(model, images, batch: int = 200):
             top_a = parts[:groups]
             cat = lambda ps, f: torch.cat([getattr(p, f) for p in ps], dim=1)  # noqa: E731
             by_name = {"top-a": (cat(top_a, "z"), None, cat(top_a, "mu"), cat(top_a, "log_scale"),
-                                 cat(top_a, "logit")),
-                       "top-b": (parts[groups].z, keeps[L - 1], parts[groups].mu, parts[groups].log_scale,
-                                 parts[groups].logit)}
-            for i, lev in enumerate(reversed(range(L - 1))):
-                p = parts[groups + 1 + i]
-                by_name[f"level{lev}"] = (p.z, keeps[lev], p.mu, p.log_scale, p.logit)
+                                 cat(top_a, "logit"))}
+            rest = iter(parts[groups:])
+            for lev in reversed(range(L)):
+                z, mu, ls, lg = _whole(model, lev, rest, keeps[lev].shape)
+                by_name["top-b" if lev == L - 1 else f"level{lev}"] = (z, keeps[lev], mu, ls, lg)
             for name in PARTS:
                 if name in by_name:
                     for key, v in zip(("z", "cond", "mu", "ls", "lg"), by_name[name]):
@@ -77,28 +78,32 @@ def collect(model, images, batch: int = 200):
             for name, d in out.items() if d["z"]}
 
 
-def stage_map(c: int, h: int, w: int, phases: int, groups: int):
-    """Stage of every element (c, h, w): spatial phase * groups + channel group."""
+def _whole(model, lev: int, parts, shape):
+    """The next coded part(s) of level ``lev`` as whole (N, c, h, w[, K]) tensors:
+    the stages of a level with a context are put back in place."""
     import torch
 
-    ii, jj = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    if phases == 1:
-        ph = torch.zeros(h, w, dtype=torch.long)
-    elif phases == 2:
-        ph = (ii + jj) % 2
-    else:
-        ph = torch.zeros(h, w, dtype=torch.long)
-        for k, (a, b) in enumerate([(0, 0), (1, 1), (0, 1), (1, 0)]):
-            ph[(ii % 2 == a) & (jj % 2 == b)] = k
-    gr = torch.arange(c) * groups // c
-    return ph[None] * groups + gr[:, None, None]
+    ctx = model.contexts[str(lev)] if str(lev) in model.contexts else None
+    if ctx is None:
+        p = next(parts)
+        return p.z, p.mu, p.log_scale, p.logit
+    n, _, h, w = shape
+    smap = ctx.stage_map(h, w)
+    k = model.config["mixtures"]
+    z = torch.zeros(n, ctx.c, h, w)
+    mu, ls, lg = (torch.zeros(n, ctx.c, h, w, k) for _ in range(3))
+    for st in range(ctx.stages):
+        p = next(parts)
+        sel = smap == st
+        z[:, sel], mu[:, sel], ls[:, sel], lg[:, sel] = p.z, p.mu, p.log_scale, p.logit
+    return z, mu, ls, lg
 
 
 def probe(part: dict, test: dict, phases: int, groups: int, width: int, minutes: float, seed: int = 0) -> dict:
     import torch
     import torch.nn as nn
 
-    from amdcompress.models.idf import ResNet, logistic_mixture_logp
+    from amdcompress.models.idf import ResNet, logistic_mixture_logp, stage_map
 
     torch.manual_seed(seed)
     z, cond = part["z"].float(), part["cond"]

@@ -204,6 +204,13 @@ HELD_OUT_KEYS = (("final_test_bpd", "test bpd (NLL)"), ("valid_elbo_bpc", "valid
                  ("valid_nll_bpc", "valid bpc (NLL)"), ("valid_bpc", "valid bpc (NLL)"))
 
 
+def _commands(rec: dict) -> str:
+    """The record's last training command, after the earlier runs it continued (if any)."""
+    last = f"`{rec.get('command') or (rec.get('commands') or ['?'])[-1]}`"
+    earlier = [c for c in rec.get("earlier_commands") or [] if c]
+    return (" then ".join(f"`{c}`" for c in earlier) + " then " + last) if earlier else last
+
+
 def models_table(weights_dir: Path = WEIGHTS_DIR) -> str:
     """A markdown table of the shipped weights, read from their JSON records
     (written by the training commands' export step)."""
@@ -217,7 +224,7 @@ def models_table(weights_dir: Path = WEIGHTS_DIR) -> str:
         rows.append("| " + " | ".join(_cell(str(c)) for c in [
             rec.get("file", rec_path.stem), f"{rec.get('params', 0):,}", f"{f.stat().st_size / 1e6:.1f}" if f.is_file() else "?",
             f"{rec.get('minutes', 0):.0f} min, {rec.get('steps', 0):,} steps", f"{rec.get('device', '?')}, {rec.get('threads', '?')} thread(s)",
-            held, f"`{rec.get('command') or (rec.get('commands') or ['?'])[-1]}`"]) + " |")
+            held, _commands(rec)]) + " |")
     return "\n".join(rows)
 
 

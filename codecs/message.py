@@ -11,6 +11,11 @@ which the raw coder leaves implicit:
   pseudo-random word stream that every decoder can regenerate (SHAKE-256 of a
   constant). :meth:`to_bytes` leaves out the part of that stream the encoder
   never touched, so a file only pays for the initial bits it actually consumed.
+* **An anchor for a checksum.** :meth:`Message.anchored` starts a stack on a
+  given 32-bit value (the 33-bit state ``2**32 + value``); decoding everything
+  leaves exactly that state, and :meth:`anchor` reads the value back. An empty
+  stack wastes about as many bits at its bottom, so a coder with no bits-back
+  carries its file's CRC this way almost for free.
 * **Underflow.** Popping from a message that has run out of words is
   deterministic and exactly invertible (the coder reads zero bits: it returns the
   lowest-cumulative symbol, and pushing that symbol back restores the message
@@ -78,6 +83,26 @@ class Message:
         """
         return cls(_AnsCoder(seed_words(n_words), seal=True))
 
+    @classmethod
+    def anchored(cls, value: int) -> "Message":
+        """A message whose stack starts on the 33-bit state ``2**32 + value``
+        (``0 <= value < 2**32``), for coders with no bits-back.
+
+        Popping everything that was pushed leaves exactly this state again, so
+        the value rides through the stream as a check: :meth:`anchor` reads it
+        back. It costs 33 bits, about what ANS spends anyway on the bottom of an
+        empty stack, so a 32-bit checksum stored this way is almost free.
+        """
+        if not 0 <= value < (1 << 32):
+            raise ValueError("anchor must fit in 32 bits")
+        return cls(_AnsCoder(np.array([value, 1], dtype=np.uint32)))
+
+    def anchor(self) -> int | None:
+        """The value of :meth:`anchored` if the message holds exactly that start
+        state and nothing else, else None."""
+        w = self.words()
+        return int(w[0]) if len(w) == 2 and w[1] == 1 else None
+
     # -- inspection -------------------------------------------------------
     def num_bits(self) -> int:
         """Bits the message would occupy if serialized now (before seed stripping)."""
@@ -104,16 +129,20 @@ class Message:
             raise MessageUnderflowError("pop from an empty message")
 
     # -- serialization ----------------------------------------------------
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, *, seed_prefix: bool = True) -> bytes:
         """Serialize: varint(k) + words[k:] little-endian, where words[:k] is the
         longest prefix shared with the initial-bits stream (dropped: the decoder
         regenerates it), and up to 3 zero high bytes of the last (top) word are
         dropped too: the ANS head ends the stream and is often small, so this
         saves about a byte a file. The length mod 4 tells the reader how many
-        to put back; a whole-words stream (older files) reads the same."""
+        to put back; a whole-words stream (older files) reads the same.
+
+        ``seed_prefix=False`` writes the words alone (no varint): for messages
+        that never rest on the initial-bits stream, read back with the same flag.
+        """
         w = self.words()
         k = 0
-        if len(w):
+        if seed_prefix and len(w):
             ref = seed_words(len(w))
             diff = np.flatnonzero(w != ref)
             k = int(diff[0]) if len(diff) else len(w)
@@ -121,14 +150,14 @@ class Message:
         trim = 0
         while body and trim < 3 and body[len(body) - 1 - trim] == 0:
             trim += 1
-        return _write_varint(k) + body[: len(body) - trim]
+        return (_write_varint(k) if seed_prefix else b"") + body[: len(body) - trim]
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, strict: bool = False) -> "Message":
-        """Inverse of :meth:`to_bytes`; raises :class:`CorruptStreamError` on
-        anything that is not a serialized message."""
+    def from_bytes(cls, data: bytes, *, strict: bool = False, seed_prefix: bool = True) -> "Message":
+        """Inverse of :meth:`to_bytes` (with the same ``seed_prefix``); raises
+        :class:`CorruptStreamError` on anything that is not a serialized message."""
         data = bytes(data)
-        k, pos = _read_varint(data[:10], 0)
+        k, pos = _read_varint(data[:10], 0) if seed_prefix else (0, 0)
         if k > (1 << 24):
             raise CorruptStreamError("implausible initial-bits prefix length")
         body = data[pos:]

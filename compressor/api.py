@@ -40,9 +40,16 @@ class Info:
         return d
 
 
-def _frame(backend, data: formats.Data, payload: bytes) -> bytes:
+def _encode(backend, data: formats.Data, progress: Callable | None) -> bytes:
+    """Encode and frame. A backend with ``encode_checked`` carries the CRC in its
+    payload (the container then leaves its CRC field out)."""
     crc = container.crc32(np.ascontiguousarray(data.array).tobytes())
-    header = container.Header(backend.codec_id, backend.weights_tag(), data.kind, data.array.shape, crc, len(payload))
+    if hasattr(backend, "encode_checked"):
+        payload, crc_field = backend.encode_checked(data, crc, progress), None
+    else:
+        payload, crc_field = backend.encode(data, progress), crc
+    header = container.Header(backend.codec_id, backend.weights_tag(), data.kind, data.array.shape,
+                              crc_field, len(payload))
     return container.pack(header, payload)
 
 
@@ -56,14 +63,14 @@ def compress(raw: bytes, model: str = AUTO, progress: Callable | None = None) ->
         if not backend.accepts(data):
             raise AmdError(f"model {model!r} does not accept {formats.KIND_NAMES[data.kind]} input "
                            f"of shape {data.array.shape}")
-        return _frame(backend, data, backend.encode(data, progress))
+        return _encode(backend, data, progress)
     best = None
     for backend in backends.all_backends():
         # a backend may narrow what auto tries (e.g. a model too slow to try on spec)
         if not getattr(backend, "auto_accepts", backend.accepts)(data):
             continue
         try:
-            blob = _frame(backend, data, backend.encode(data, progress))
+            blob = _encode(backend, data, progress)
         except AmdError:
             continue  # e.g. a model that cannot code this particular input
         if best is None or len(blob) < len(best):
@@ -74,14 +81,21 @@ def compress(raw: bytes, model: str = AUTO, progress: Callable | None = None) ->
 
 def decompress(blob: bytes, progress: Callable | None = None) -> bytes:
     """Decode an ``.amd`` file back to the original file bytes, checking the
-    container, the model's weights and the CRC of the data."""
+    container, the model's weights and the CRC of the data (from the header,
+    or handed back by the codec when its payload carries it)."""
     header, payload = container.unpack(bytes(blob))
     backend = backends.by_id(header.codec_id)
-    if backend.weights_tag() != header.weights_tag:
+    installed = backend.weights_tag()[: len(header.weights_tag)]
+    if installed != header.weights_tag:
         raise AmdError(f"file was made with other weights of model {backend.name!r} "
-                       f"({header.weights_tag.hex()}, installed {backend.weights_tag().hex()})")
+                       f"({header.weights_tag.hex()}, installed {installed.hex()})")
+    if header.checksum_in_payload and not hasattr(backend, "decode_checked"):
+        raise AmdError(f"corrupt header: model {backend.name!r} does not carry checksums in its payload")
     try:
-        array = backend.decode(payload, header.kind, header.shape, progress)
+        if header.checksum_in_payload:
+            array, crc = backend.decode_checked(payload, header.kind, header.shape, progress)
+        else:
+            array, crc = backend.decode(payload, header.kind, header.shape, progress), header.crc32
     except AmdError:
         raise
     except (ValueError, IndexError, OverflowError) as e:
@@ -91,7 +105,7 @@ def decompress(blob: bytes, progress: Callable | None = None) -> bytes:
             raise
         raise AmdError(f"corrupt payload ({type(e).__name__})") from None
     array = np.ascontiguousarray(array, dtype=np.uint8)
-    if array.shape != header.shape or container.crc32(array.tobytes()) != header.crc32:
+    if array.shape != header.shape or container.crc32(array.tobytes()) != crc:
         raise AmdError("checksum mismatch: the file is corrupt (or was made on an incompatible setup)")
     return formats.to_file_bytes(formats.Data(header.kind, array))
 
@@ -121,6 +135,6 @@ def info(blob: bytes) -> Info:
         payload_bytes=len(payload),
         header_bytes=len(blob) - len(payload),
         bits_per_dim=8.0 * len(blob) / dims if dims else float("nan"),
-        crc32=f"{header.crc32:08x}",
+        crc32="in payload" if header.checksum_in_payload else f"{header.crc32:08x}",
         details=details,
     )

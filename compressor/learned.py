@@ -76,15 +76,36 @@ class IdfBackend:
             raise AmdError("idf codes RGB images only")
         return idf_coding.encode(self.model(), data.images(), progress)
 
-    def decode(self, payload: bytes, kind: int, shape, progress=None) -> np.ndarray:
+    def encode_checked(self, data: Data, crc: int, progress=None) -> bytes:
+        """Like :meth:`encode`, with ``crc`` carried inside the ANS stream
+        (:func:`~amdcompress.models.idf_coding.encode` with a checksum)."""
         from amdcompress.models import idf_coding
 
+        if not self.accepts(data):
+            raise AmdError("idf codes RGB images only")
+        return idf_coding.encode(self.model(), data.images(), progress, checksum=crc)
+
+    @staticmethod
+    def _batch_shape(kind: int, shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
         shape = tuple(int(d) for d in shape)
         batch = shape if kind == NPY_BATCH else (1,) + shape
         if len(batch) != 4 or batch[3] != 3:
             raise AmdError(f"corrupt header: idf cannot have coded shape {shape}")
-        out = idf_coding.decode(self.model(), payload, batch, progress)
-        return out.reshape(shape)
+        return shape, batch
+
+    def decode(self, payload: bytes, kind: int, shape, progress=None) -> np.ndarray:
+        from amdcompress.models import idf_coding
+
+        shape, batch = self._batch_shape(kind, shape)
+        return idf_coding.decode(self.model(), payload, batch, progress).reshape(shape)
+
+    def decode_checked(self, payload: bytes, kind: int, shape, progress=None) -> tuple[np.ndarray, int]:
+        """Inverse of :meth:`encode_checked`: the array and the CRC the stream carried."""
+        from amdcompress.models import idf_coding
+
+        shape, batch = self._batch_shape(kind, shape)
+        out, crc = idf_coding.decode_checked(self.model(), payload, batch, progress)
+        return out.reshape(shape), crc
 
 
 register(IdfBackend())

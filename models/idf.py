@@ -11,7 +11,11 @@ Structure, for ``levels`` levels (an image ``x`` of ``C`` channels, centered as
                   couplings: permute channels (fixed, seeded), z_b = x_b + round(t(x_a))
                   l < levels-1: factor out half the channels, coded under a
                       discretized logistic mixture whose parameters a conv net
-                      computes from the kept half; the kept half goes on
+                      computes from the kept half; the kept half goes on.
+                      For levels in ``context_levels`` the factored half is
+                      coded in stages (spatial phase x channel group), each
+                      stage's mixtures corrected by a conv net that also sees
+                      the stages before it (:class:`FactorContext`)
                   top level: split in halves a, b: b | a under a conditional
                       mixture (conv net on a), a under learned per-channel
                       constants; with ``top_groups`` G > 1, a is coded in G
@@ -58,6 +62,10 @@ DEFAULT_CONFIG = {
     "mu_scale": 32.0,           # prior mean = net output * mu_scale
     "top_groups": 1,            # channel groups of the top 'a' latent (1: constants only)
     "top_width": 64,            # width of each top-cascade net
+    "context_levels": [],       # levels whose factored-out half is coded in stages (FactorContext)
+    "context_phases": 4,        # spatial phases of those stages: 1, 2 (checkerboard) or 4 (2x2 sub-lattice)
+    "context_groups": 2,        # channel groups of those stages
+    "context_width": 64,        # width of the context nets
     "seed": 0,                  # seeds the channel permutations
     "perms": None,              # filled in by make_config
 }
@@ -247,6 +255,63 @@ class TopCascade(nn.Module):
         return out[0] * self.mu_scale, out[1], out[2]
 
 
+def stage_map(c: int, h: int, w: int, phases: int, groups: int, device=None) -> torch.Tensor:
+    """Stage of every element of a (c, h, w) latent: spatial phase * groups +
+    channel group. Phases: 1 (all positions), 2 (checkerboard), 4 (the 2x2
+    sub-lattice in the order (0,0), (1,1), (0,1), (1,0))."""
+    ii, jj = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    if phases == 1:
+        ph = torch.zeros(h, w, dtype=torch.long, device=device)
+    elif phases == 2:
+        ph = (ii + jj) % 2
+    elif phases == 4:
+        ph = torch.zeros(h, w, dtype=torch.long, device=device)
+        for k, (a, b) in enumerate([(0, 0), (1, 1), (0, 1), (1, 0)]):
+            ph[(ii % 2 == a) & (jj % 2 == b)] = k
+    else:
+        raise ValueError("phases must be 1, 2 or 4")
+    gr = torch.arange(c, device=device) * groups // c
+    return ph[None] * groups + gr[:, None, None]
+
+
+class FactorContext(nn.Module):
+    """Stage-wise coding of a factored-out half z given the kept half: stage s
+    holds the elements of :func:`stage_map` value s, coded under the level's
+    prior plus a correction that a conv net computes from the kept half and
+    the elements of stages < s. The net's last layer starts at zero, so adding
+    a context to a trained model leaves its likelihood unchanged."""
+
+    def __init__(self, c_cond: int, c: int, k: int, phases: int, groups: int, width: int, blocks: int,
+                 in_scale: float, mu_scale: float, kernels=(3, 3)):
+        super().__init__()
+        if not 1 <= groups <= c:
+            raise ValueError(f"context_groups must lie in [1, {c}]")
+        self.c, self.k, self.phases, self.groups = c, k, phases, groups
+        self.in_scale, self.mu_scale = in_scale, mu_scale
+        self.net = ResNet(c_cond + 2 * c, 3 * k * c, width, blocks, zero_out=True, kernels=kernels)
+
+    @property
+    def stages(self) -> int:
+        return self.phases * self.groups
+
+    def stage_map(self, h: int, w: int, device=None) -> torch.Tensor:
+        return stage_map(self.c, h, w, self.phases, self.groups, device)
+
+    def stage_params(self, s: int, smap: torch.Tensor, cond: torch.Tensor, z: torch.Tensor, base):
+        """Parameters of stage s, each (N, M_s, K): ``base`` (the level prior's
+        (N, c, h, w, K) tensors) corrected from ``cond`` and the entries of z of
+        stages < s (other entries of z are ignored: set to +0.0, so encoder and
+        decoder feed the net identical tensors)."""
+        n, _, h, w = z.shape
+        known = (smap < s).expand(n, -1, -1, -1)
+        zk = torch.where(known, z, torch.zeros((), dtype=z.dtype, device=z.device))
+        inp = torch.cat([cond * self.in_scale, zk * self.in_scale, known.to(z.dtype)], dim=1)
+        out = self.net(inp.contiguous()).view(n, 3, self.c, self.k, h, w).permute(1, 0, 2, 4, 5, 3)
+        sel = smap == s
+        mu, ls, lg = base
+        return ((mu + out[0] * self.mu_scale)[:, sel], (ls + out[1])[:, sel], (lg + out[2])[:, sel])
+
+
 def logistic_mixture_logp(z, mu, log_scale, logit) -> torch.Tensor:
     """log P(z) (nats) of a discretized logistic mixture on integer bins
     [z - 0.5, z + 0.5], no folding of end bins (latents have open support);
@@ -297,6 +362,12 @@ class IDF(nn.Module):
                 MixturePrior(c // 2, c - c // 2, K, cfg["prior_width"][lev], cfg["prior_blocks"], cfg["in_scale"],
                              cfg["mu_scale"], cfg["block_kernels"])
             )
+        self.contexts = nn.ModuleDict({
+            str(lev): FactorContext(chans[lev] // 2, chans[lev] - chans[lev] // 2, K, cfg.get("context_phases", 4),
+                                    cfg.get("context_groups", 2), cfg.get("context_width", 64), cfg["prior_blocks"],
+                                    cfg["in_scale"], cfg["mu_scale"], cfg["block_kernels"])
+            for lev in cfg.get("context_levels", [])
+        })
         self.top_prior = ConstPrior(chans[-1] // 2, K, cfg["mu_scale"])
         groups = cfg.get("top_groups", 1)
         self.top_cascade = (TopCascade(chans[-1] // 2, K, groups, cfg.get("top_width", 64), cfg["prior_blocks"],
@@ -325,7 +396,9 @@ class IDF(nn.Module):
     def analyse(self, x: torch.Tensor, ste: bool = True) -> list[Part]:
         """Centered integer images (N, C, H, W) as float -> the coded parts in
         the decoder's pop order: the groups of top a, top b|a, then factor-outs
-        from the deepest level down to level 0."""
+        from the deepest level down to level 0 (the stages of a level with a
+        context in stage order; their parts are (N, M) latents with (N, M, K)
+        parameters, the others (N, c, h, w) and (N, c, h, w, K))."""
         parts: list[Part] = []
         L = len(self.levels)
         for lev in range(L):
@@ -334,7 +407,14 @@ class IDF(nn.Module):
                 x = cpl(x, ste)
             half = x.shape[1] // 2
             keep, out = x[:, :half], x[:, half:]
-            parts.append(Part(out, *self.priors[lev](keep)))
+            base = self.priors[lev](keep)
+            ctx = self.contexts[str(lev)] if str(lev) in self.contexts else None
+            if ctx is None:
+                parts.append(Part(out, *base))
+            else:  # stages in decode order, appended reversed (the list is reversed below)
+                smap = ctx.stage_map(out.shape[2], out.shape[3], out.device)
+                for st in reversed(range(ctx.stages)):
+                    parts.append(Part(out[:, smap == st], *ctx.stage_params(st, smap, keep, out, base)))
             if lev == L - 1:
                 n, _, h, w = keep.shape
                 b = self.top_bounds()

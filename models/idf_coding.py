@@ -6,7 +6,11 @@ latent parts in the reverse of the order the decoder pops them; the decoder
 pops the top latent, computes the next level's prior from what it has, pops
 the factored-out half, inverts that level's couplings exactly, and so on down
 to the pixels. A batch ``(N, H, W, C)`` is one ANS message (the payload is
-:meth:`Message.to_bytes`); a single image is the batch of one.
+:meth:`Message.to_bytes`); a single image is the batch of one. The container
+calls :func:`encode` with the CRC-32 of the images: the stack then starts on
+that value (:meth:`Message.anchored`) instead of empty, which costs about what
+the bottom of an empty ANS stack wastes, and :func:`decode_checked` hands it
+back for the check, so the file needs no separate CRC field.
 
 Exactness rests on the decoder computing bit-identical network outputs:
 
@@ -239,8 +243,15 @@ def _latent_ints(part: Part) -> np.ndarray:
 # batch encode / decode
 
 
-def encode(model: IDF, images: np.ndarray, progress: Callable | None = None) -> bytes:
-    """uint8 (N, H, W, C) -> payload bytes (one ANS message)."""
+def encode(model: IDF, images: np.ndarray, progress: Callable | None = None,
+           checksum: int | None = None) -> bytes:
+    """uint8 (N, H, W, C) -> payload bytes (one ANS message).
+
+    With ``checksum`` (32 bits, e.g. the container's CRC-32 of the images) the
+    message starts on :meth:`Message.anchored` and is written without a seed
+    prefix; :func:`decode_checked` reads it and returns the value, so the check
+    costs ~3 bytes less than a separate field. Without it the payload is the
+    plain :meth:`Message.to_bytes` form that :func:`decode` reads."""
     images = np.ascontiguousarray(images, dtype=np.uint8)
     if images.ndim != 4 or images.shape[3] != model.config["in_channels"]:
         raise AmdError(f"IDF codes (N, H, W, {model.config['in_channels']}) images, got {images.shape}")
@@ -248,7 +259,7 @@ def encode(model: IDF, images: np.ndarray, progress: Callable | None = None) -> 
     padded = pad_images(images, model.multiple)
     chunks = image_chunks(n, padded.shape[1], padded.shape[2])
     bar = progress(len(chunks)) if progress else None
-    m = Message.empty()
+    m = Message.empty() if checksum is None else Message.anchored(checksum)
     model.eval()
     with coding_mode(CODING_THREADS):
         for s, e in reversed(chunks):
@@ -259,18 +270,41 @@ def encode(model: IDF, images: np.ndarray, progress: Callable | None = None) -> 
                 bar.update(1)
     if bar is not None and hasattr(bar, "close"):
         bar.close()
-    return m.to_bytes()
+    return m.to_bytes(seed_prefix=checksum is None)
 
 
 def decode(model: IDF, payload: bytes, shape: tuple[int, int, int, int], progress: Callable | None = None) -> np.ndarray:
     """Payload bytes + (N, H, W, C) -> uint8 images; AmdError if the payload is corrupt."""
-    n, h, w, c = (int(d) for d in shape)
-    if c != model.config["in_channels"]:
-        raise AmdError(f"IDF model codes {model.config['in_channels']} channels, file has {c}")
     try:
         m = Message.from_bytes(payload)
     except CorruptStreamError as e:
         raise AmdError(f"corrupt payload ({e})") from None
+    out, m = _decode(model, m, shape, progress)
+    if not m.is_empty():
+        raise AmdError("corrupt payload (data left over after decoding)")
+    return out
+
+
+def decode_checked(model: IDF, payload: bytes, shape: tuple[int, int, int, int],
+                   progress: Callable | None = None) -> tuple[np.ndarray, int]:
+    """Inverse of :func:`encode` with a ``checksum``: the images and the value
+    the stream carried. The caller compares it with the checksum of the images;
+    AmdError if the payload is corrupt or does not end on an anchor."""
+    try:
+        m = Message.from_bytes(payload, seed_prefix=False)
+    except CorruptStreamError as e:
+        raise AmdError(f"corrupt payload ({e})") from None
+    out, m = _decode(model, m, shape, progress)
+    carried = m.anchor()
+    if carried is None:
+        raise AmdError("corrupt payload (the stream does not end on its checksum)")
+    return out, carried
+
+
+def _decode(model: IDF, m: Message, shape: tuple[int, int, int, int], progress: Callable | None) -> tuple[np.ndarray, Message]:
+    n, h, w, c = (int(d) for d in shape)
+    if c != model.config["in_channels"]:
+        raise AmdError(f"IDF model codes {model.config['in_channels']} channels, file has {c}")
     hp, wp = padded_size(h, w, model.multiple)
     chunks = image_chunks(n, hp, wp)
     out = np.empty((n, h, w, c), dtype=np.uint8)
@@ -289,10 +323,18 @@ def decode(model: IDF, payload: bytes, shape: tuple[int, int, int, int], progres
                 zg = torch.from_numpy(z.astype(np.float32)).reshape(k, bounds[g + 1] - bounds[g], *a_shape[2:])
                 x = torch.cat([x, zg], dim=1)
             for lev in reversed(range(L)):
-                mu, ls, lg = model.priors[lev](x)
+                base = model.priors[lev](x)
                 cz = model.chans[lev] - model.chans[lev] // 2
-                m, z = _coder(Part(None, mu, ls, lg)).pop(m)
-                zo = torch.from_numpy(z.astype(np.float32)).reshape(x.shape[0], cz, x.shape[2], x.shape[3])
+                ctx = model.contexts[str(lev)] if str(lev) in model.contexts else None
+                if ctx is None:
+                    m, z = _coder(Part(None, *base)).pop(m)
+                    zo = torch.from_numpy(z.astype(np.float32)).reshape(x.shape[0], cz, x.shape[2], x.shape[3])
+                else:
+                    zo = torch.zeros(x.shape[0], cz, x.shape[2], x.shape[3])
+                    smap = ctx.stage_map(x.shape[2], x.shape[3])
+                    for st in range(ctx.stages):
+                        m, z = _coder(Part(None, *ctx.stage_params(st, smap, x, zo, base))).pop(m)
+                        zo[:, smap == st] = torch.from_numpy(z.astype(np.float32)).reshape(x.shape[0], -1)
                 x = model.invert_level(lev, x, zo)
             px = (x + CENTER).permute(0, 2, 3, 1).numpy()
             if not np.all(np.isfinite(px)) or px.min() < 0 or px.max() > 255:
@@ -302,9 +344,7 @@ def decode(model: IDF, payload: bytes, shape: tuple[int, int, int, int], progres
                 bar.update(1)
     if bar is not None and hasattr(bar, "close"):
         bar.close()
-    if not m.is_empty():
-        raise AmdError("corrupt payload (data left over after decoding)")
-    return out
+    return out, m
 
 
 # ---------------------------------------------------------------------------

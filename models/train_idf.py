@@ -6,7 +6,9 @@
     python -m amdcompress.models.train_idf --resume MODEL_WITHOUT_CASCADE.pt --top-groups 4 \
         --train-only top_cascade. --lr 5e-4 --half-life 1e12 --minutes 14
 
-The last form grows a trained model by a top cascade (:class:`.idf.TopCascade`,
+``--context-level L`` grows a model the same way by a stage-wise context
+prior for the half factored out at level L (:class:`.idf.FactorContext`;
+train it with ``--train-only contexts.``). The last form grows a trained model by a top cascade (:class:`.idf.TopCascade`,
 zero-initialised, so it starts at the same likelihood) and trains only that,
 the flow and the other priors fixed at their averaged weights: how idf-v2 was
 made from idf-v1 (in the git history; its record lists both commands).
@@ -34,12 +36,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .datasets import shared_data_dir
 from .idf import IDF, count_params, make_config, to_input
 from .training import EMA, RunLog, atomic_save, pick_device, write_record
 from .training import lr_at as schedule
 
-DATA = "/work/shared/data/cifar10/train.npy"
-TEST = "/work/shared/data/cifar10/test.npy"
+DATA = str(shared_data_dir() / "cifar10" / "train.npy")
+TEST = str(shared_data_dir() / "cifar10" / "test.npy")
 WEIGHTS_NAME = "idf-v2"
 
 
@@ -62,6 +65,9 @@ def parse_args(argv=None):
     p.add_argument("--top-groups", type=int, default=0,
                    help="give a resumed model a top cascade of this many channel groups (its new nets start at "
                         "zero, so the model's likelihood is unchanged at the start)")
+    p.add_argument("--context-level", type=int, action="append", default=[],
+                   help="give a resumed model a stage-wise context prior (FactorContext, starting at zero) for "
+                        "the half factored out at this level; repeatable")
     p.add_argument("--train-only", default="",
                    help="train only parameters whose names start with this prefix (e.g. top_cascade.); "
                         "the rest stays fixed")
@@ -114,9 +120,10 @@ def load_start(path: str, device):
 
 def load_grown(model: IDF, state: dict) -> None:
     """Load a state dict that may lack the parameters of parts added since
-    (a top cascade); those keep their function-preserving initialisation."""
+    (a top cascade, factor contexts); those keep their function-preserving
+    initialisation."""
     missing, unexpected = model.load_state_dict(state, strict=False)
-    new = [k for k in missing if not k.startswith("top_cascade.")]
+    new = [k for k in missing if not k.startswith(("top_cascade.", "contexts."))]
     if new or unexpected:
         raise SystemExit(f"checkpoint does not fit the model (missing {new[:3]}, unexpected {unexpected[:3]})")
 
@@ -197,6 +204,8 @@ def main(argv=None) -> int:
             if rec_path.exists():
                 rec = json.loads(rec_path.read_text())
                 history["earlier_commands"] = list(rec.get("earlier_commands", [])) + [rec.get("command")]
+        elif history.get("command"):  # a checkpoint: the run that wrote it becomes an earlier command
+            history["earlier_commands"] = list(history.get("earlier_commands", [])) + [history["command"]]
     else:
         cfg = make_config(**json.loads(a.config))
     if a.top_groups and a.top_groups != cfg.get("top_groups", 1):
@@ -206,9 +215,18 @@ def main(argv=None) -> int:
             raise SystemExit(f"{a.resume} already has a top cascade of {cfg['top_groups']} groups")
         cfg = dict(cfg, top_groups=a.top_groups, top_width=cfg.get("top_width", 64))
         opt_state = None  # the parameter list changed
+    grow = [lev for lev in a.context_level if lev not in cfg.get("context_levels", [])]
+    if grow:
+        if not a.resume:
+            raise SystemExit("--context-level extends a resumed model; for a new run use --config")
+        if any(not 0 <= lev < cfg["levels"] for lev in grow):
+            raise SystemExit(f"--context-level must lie in [0, {cfg['levels'] - 1}]")
+        cfg = dict(cfg, context_levels=sorted(cfg.get("context_levels", []) + grow))
+        opt_state = None  # the parameter list changed
     model = IDF(cfg).to(device)
-    if a.resume:  # training only a part: the fixed rest keeps the averaged (shipped) weights
-        load_grown(model, ema_sd if a.train_only else model_sd)
+    if a.resume:  # training only a part: the fixed rest takes the averaged (shipped) weights
+        fixed = {k: v for k, v in ema_sd.items() if a.train_only and not k.startswith(a.train_only)}
+        load_grown(model, {**model_sd, **fixed})
     ema = EMA(model, a.ema)
     if a.resume:
         ema.shadow.update({k: v.to(device).clone() for k, v in ema_sd.items() if k in ema.shadow})
@@ -241,6 +259,7 @@ def main(argv=None) -> int:
     log(f"start: step {step}, {elapsed / 60:.1f} min trained, params {count_params(model)}, "
         f"device {device}, threads {a.threads}, batch {a.batch}, train {train.shape}, test {test.shape}")
     log("config " + json.dumps({k: v for k, v in cfg.items() if k != "perms"}))
+    log("command " + history["command"])
 
     def checkpoint(path: Path) -> None:
         atomic_save({"config": cfg, "model": model.state_dict(), "ema": ema.shadow, "optimizer": opt.state_dict(),

@@ -215,6 +215,30 @@ def test_byte_form_drops_zero_high_bytes_of_the_top_word_and_reads_whole_words(n
         assert np.array_equal(y, x) and back.is_empty()
 
 
+@SETTINGS
+@given(n=st.integers(0, 400), anchor=st.integers(0, 2**32 - 1), seed=st.integers(0, 2**32 - 1))
+def test_anchored_message_hands_its_value_back(n, anchor, seed):
+    """An anchored stack, written without the seed prefix, pops back to exactly
+    its anchor; the anchor costs 33 bits (plus the byte rounding of the top word)."""
+    rng = np.random.default_rng(seed)
+    counts = C.categorical_from_probs(rng.dirichlet(np.ones(40), size=max(n, 1))[:n])
+    x = rng.integers(0, 40, n)
+    m = C.Categorical(counts).push(C.Message.anchored(anchor), x)
+    blob = m.to_bytes(seed_prefix=False)
+    ideal = C.information_bits(counts, x) if n else 0.0
+    assert 8 * len(blob) <= ideal + 33 + 8 + 1e-6 * ideal + 1
+    back, y = C.Categorical(counts).pop(C.Message.from_bytes(blob, seed_prefix=False))
+    assert np.array_equal(y, x) and back.anchor() == anchor
+
+
+def test_anchor_is_none_unless_the_stack_is_exactly_an_anchor():
+    assert C.Message.empty().anchor() is None
+    m = C.Categorical(C.uniform_counts(3, 256)).push(C.Message.anchored(7), np.array([1, 2, 3]))
+    assert m.anchor() is None
+    with pytest.raises(ValueError):
+        C.Message.anchored(2**32)
+
+
 def test_strict_message_raises_on_underflow():
     m = C.Message.empty(strict=True)
     with pytest.raises(C.MessageUnderflowError):

@@ -39,10 +39,44 @@ def text8():
 
 def test_header_roundtrip_and_compact_framing():
     h = container.Header(2, b"\x01\x02\x03\x04", formats.IMAGE_PNG, (32, 32, 3), 0xDEADBEEF, 0)
-    blob = container.pack(h, b"payload")
+    payload = b"p" * 1500  # a 32x32 image's payload: its length is a 2-byte varint
+    blob = container.pack(h, payload)
     h2, p = container.unpack(blob)
-    assert p == b"payload" and h2.shape == (32, 32, 3) and h2.crc32 == 0xDEADBEEF and h2.codec_id == 2
-    assert len(blob) - len(b"payload") <= 24
+    assert p == payload and h2.shape == (32, 32, 3) and h2.crc32 == 0xDEADBEEF and h2.codec_id == 2
+    assert h2.weights_tag == b"\x01\x02" and not h2.checksum_in_payload
+    assert len(blob) - len(payload) == 17  # magic 3, version, codec, flags, tag 2, shape 3, length, CRC 4
+    lean = container.pack(container.Header(16, b"\x01\x02\x03\x04", formats.IMAGE_PNG, (32, 32, 3), None, 0), payload)
+    h3, p3 = container.unpack(lean)
+    assert p3 == payload and h3.checksum_in_payload and h3.crc32 is None and h3.kind == formats.IMAGE_PNG
+    assert len(lean) == len(blob) - 4
+
+
+def _version1(blob: bytes) -> bytes:
+    """The same file in format version 1 (4-byte tag, kind byte, CRC always)."""
+    h, payload = container.unpack(blob)
+    assert h.crc32 is not None
+    out = bytearray(b"AMD\x01") + bytes([h.codec_id]) + h.weights_tag.ljust(4, b"\0") + bytes([h.kind])
+    for d in h.shape + (len(payload),):
+        out += container.write_varint(d)
+    return bytes(out) + h.crc32.to_bytes(4, "little") + payload
+
+
+def test_version_1_files_still_decode(cifar):
+    for raw, model in [(b"version one " * 40, "lzma"), (png_bytes(cifar[0], "RGB"), "jxl"), (b"", "store")]:
+        old = _version1(amdcompress.compress(raw, model=model))
+        assert old[3] == 1 and amdcompress.decompress(old) == amdcompress.decompress(amdcompress.compress(raw, model=model))
+        assert amdcompress.info(old).header_bytes == len(old) - container.unpack(old)[1].__len__()
+
+
+def test_unknown_flags_and_misplaced_checksum_flag_are_clear():
+    blob = bytearray(amdcompress.compress(b"abc" * 50, model="lzma"))
+    blob[5] |= 0x40
+    with pytest.raises(AmdError, match="unknown flags"):
+        amdcompress.decompress(bytes(blob))
+    h, payload = container.unpack(amdcompress.compress(b"abc" * 50, model="lzma"))
+    moved = container.pack(container.Header(h.codec_id, h.weights_tag, h.kind, h.shape, None, 0), payload)
+    with pytest.raises(AmdError, match="does not carry checksums"):
+        amdcompress.decompress(moved)
 
 
 @pytest.mark.parametrize("model", ["auto", "store", "lzma"])
@@ -79,7 +113,7 @@ def test_real_cifar_png_roundtrip(cifar):
     for a in cifar[:5]:
         blob = amdcompress.compress(png_bytes(a, "RGB"))
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(amdcompress.decompress(blob)))), a)
-        assert amdcompress.info(blob).header_bytes <= 24
+        assert amdcompress.info(blob).header_bytes <= 17
 
 
 def test_palette_png_roundtrips_as_bytes():
@@ -132,6 +166,7 @@ def test_model_refusing_input_is_an_error():
 @pytest.mark.parametrize("blob,msg", [
     (b"", "bad magic"), (b"PK\x03\x04 zip file", "bad magic"), (b"AMD", "truncated"),
     (b"AMD\x09" + bytes(20), "version"), (b"AMD\x01\x01\x00\x00\x00\x00\x07" + bytes(10), "kind"),
+    (b"AMD\x02\x01\x07\x00\x00" + bytes(10), "kind"), (b"AMD\x02\x01\x00", "truncated"),
 ])
 def test_foreign_and_broken_headers(blob, msg):
     with pytest.raises(AmdError, match=msg):

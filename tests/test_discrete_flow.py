@@ -31,7 +31,7 @@ from amdcompress.models.discrete_flow import (
 
 torch.set_num_threads(1)
 TEXT = b"the quick brown fox jumps over the lazy dog and then some more words follow here "
-VALID = Path("/work/shared/data/text8/valid.txt")
+VALID = Path(__file__).resolve().parents[2] / "shared" / "data" / "text8" / "valid.txt"
 
 
 def tiny_model(base: str = "ar", k: int = 27, chunk: int = 16, layers: int = 3, seed: int = 0,

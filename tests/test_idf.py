@@ -2,6 +2,7 @@
 processes, training signal, and the public API with the shipped weights."""
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -20,15 +21,17 @@ from amdcompress.models import idf_coding, registry
 from amdcompress.models.idf import IDF, Coupling, make_config, squeeze, to_input, unsqueeze
 
 TINY = dict(levels=2, couplings=2, width=8, prior_width=8, mixtures=3, seed=3)
-CIFAR_TEST = Path("/work/shared/data/cifar10/test.npy")
+CIFAR_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "test.npy"
 
 
-def tiny_model(seed: int = 0, top_groups: int = 1) -> IDF:
-    """A tiny IDF with non-trivial couplings and top cascade (their
-    zero-initialised output layers perturbed)."""
+def tiny_model(seed: int = 0, top_groups: int = 1, context_levels=()) -> IDF:
+    """A tiny IDF with non-trivial couplings, top cascade and factor contexts
+    (their zero-initialised output layers perturbed)."""
     torch.manual_seed(seed)
-    m = IDF(make_config(**TINY, top_groups=top_groups, top_width=8))
+    m = IDF(make_config(**TINY, top_groups=top_groups, top_width=8, context_levels=list(context_levels),
+                        context_width=8))
     nets = [cpl.net for lev in m.levels for cpl in lev] + list(m.top_cascade.nets if m.top_cascade else [])
+    nets += [ctx.net for ctx in m.contexts.values()]
     with torch.no_grad():
         for net in nets:
             net.conv_out.weight.normal_(0.0, 0.05)
@@ -79,43 +82,79 @@ def test_squeeze_and_coupling_invertible(seed, n, hw, c, mag):
         assert torch.equal(cpl.inverse(z), xs)
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 2), h=st.sampled_from([4, 8, 12]),
-       w=st.sampled_from([4, 8]), groups=st.sampled_from([1, 3]))
-def test_whole_flow_invertible(seed, n, h, w, groups):
-    m = tiny_model(seed % 7, top_groups=groups)
+       w=st.sampled_from([4, 8]), groups=st.sampled_from([1, 3]), contexts=st.sampled_from([(), (0,), (0, 1)]))
+def test_whole_flow_invertible(seed, n, h, w, groups, contexts):
+    m = tiny_model(seed % 7, top_groups=groups, context_levels=contexts)
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(-128, 128, (n, 3, h, w), generator=g).float()
     with torch.no_grad():
-        parts = m.analyse(x, ste=False)
-        # parts: the groups of top a, top b|a, then factor-outs from the deepest level down
-        assert len(parts) == groups + len(m.levels)
-        rec = torch.cat([p.z for p in parts[:groups]], dim=1)
-        rec = m.invert_level(len(m.levels) - 1, rec, parts[groups].z)
-        for lev, p in zip(reversed(range(len(m.levels) - 1)), parts[groups + 1 :]):
-            rec = m.invert_level(lev, rec, p.z)
+        parts = iter(m.analyse(x, ste=False))
+        # parts: the groups of top a, top b|a, then factor-outs from the deepest level down;
+        # a level with a context comes as its stages, (N, M) each
+        rec = torch.cat([next(parts).z for _ in range(groups)], dim=1)
+        for lev in reversed(range(len(m.levels))):
+            if str(lev) in m.contexts:
+                ctx = m.contexts[str(lev)]
+                z = torch.zeros(n, ctx.c, *rec.shape[2:])
+                smap = ctx.stage_map(*rec.shape[2:])
+                for s in range(ctx.stages):
+                    z[:, smap == s] = next(parts).z
+            else:
+                z = next(parts).z
+            rec = m.invert_level(lev, rec, z)
+        assert next(parts, None) is None
     assert torch.equal(rec, x)
-    assert sum(p.z.numel() for p in parts) == x.numel()  # volume preserving: one latent per pixel
+    assert sum(p.z.numel() for p in m.analyse(x, ste=False)) == x.numel()  # one latent per pixel
 
 
 # -- exact coding ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("groups", [1, 3])
-def test_coding_round_trip_batch(groups):
-    m = tiny_model(top_groups=groups)
+@functools.cache
+def checked_model() -> IDF:
+    return tiny_model(3, top_groups=2, context_levels=(0,))
+
+
+@pytest.mark.parametrize("groups,contexts", [(1, ()), (3, ()), (2, (0,)), (1, (0, 1))])
+def test_coding_round_trip_batch(groups, contexts):
+    m = tiny_model(top_groups=groups, context_levels=contexts)
     x = images(6, 16, 16)
     payload = idf_coding.encode(m, x)
     assert np.array_equal(idf_coding.decode(m, payload, x.shape), x)
 
 
-def test_top_cascade_starts_as_the_constant_prior():
-    """Growing a trained model by a top cascade (train_idf --top-groups) keeps
-    its likelihood: the new nets start at zero."""
+@settings(max_examples=8, deadline=None)
+@given(crc=st.integers(0, 2**32 - 1), n=st.integers(1, 3), seed=st.integers(0, 1000))
+def test_checksum_rides_in_the_stream(crc, n, seed):
+    """encode(..., checksum=c) -> decode_checked hands back the images and c;
+    the plain decoder refuses that payload, and damage never yields a silent pass."""
+    from amdcompress.errors import AmdError
+
+    m = checked_model()
+    x = images(n, 8, 8, seed=seed)
+    payload = idf_coding.encode(m, x, checksum=crc)
+    out, carried = idf_coding.decode_checked(m, payload, x.shape)
+    assert np.array_equal(out, x) and carried == crc
+    assert len(payload) <= len(idf_coding.encode(m, x)) + 4  # the check costs less than a CRC field
+    bad = bytearray(payload)
+    bad[seed % len(bad)] ^= 1 << (seed % 8)
+    try:
+        out, carried = idf_coding.decode_checked(m, bytes(bad), x.shape)
+    except AmdError:
+        return
+    assert carried != crc or np.array_equal(out, x)
+
+
+def test_growth_keeps_the_likelihood():
+    """Growing a trained model by a top cascade and factor contexts
+    (train_idf --top-groups, --context-level) keeps its likelihood: the new
+    nets start at zero."""
     from amdcompress.models.train_idf import load_grown
 
     plain = tiny_model(4)
-    grown = IDF(dict(plain.config, top_groups=3, top_width=8)).eval()
+    grown = IDF(dict(plain.config, top_groups=3, top_width=8, context_levels=[0, 1], context_width=8)).eval()
     load_grown(grown, plain.state_dict())
     x = to_input(images(3, 16, 16))
     with torch.no_grad():
@@ -164,7 +203,7 @@ _CHILD = textwrap.dedent("""
 def test_separate_processes_agree(tmp_path):
     """Encode here and in a child process (another thread setting in its
     environment): identical payloads; the child decodes this process's payload."""
-    m = tiny_model(2, top_groups=2)
+    m = tiny_model(2, top_groups=2, context_levels=(0,))
     wpath = tmp_path / "w.pt"
     torch.save({"config": m.config, "state_dict": m.state_dict()}, wpath)
     x = images(3, 24, 20, seed=7)
@@ -227,6 +266,9 @@ def test_train_script_resume_and_export(tmp_path):
     name = train_idf.WEIGHTS_NAME
     rec = json.loads((wdir / f"{name}.json").read_text())
     assert rec["sha256"] == registry.sha256_file(wdir / f"{name}.pt") and rec["steps"] == 5
+    # the record lists every run that led to the weights, the checkpoint resume included
+    assert len(rec["earlier_commands"]) == 1 and "--max-steps 3" in rec["earlier_commands"][0]
+    assert "--max-steps 5" in rec["command"]
     # resuming from the shipped file alone works too
     assert train_idf.main(common + ["--max-steps", "6", "--resume", str(wdir / f"{name}.pt"),
                                     "--out", str(tmp_path / "run2")]) == 0
@@ -241,6 +283,15 @@ def test_train_script_resume_and_export(tmp_path):
         assert torch.equal(grown["ema"][k], v.float()) and torch.equal(grown["model"][k], v.float()), k
     assert any(grown["model"][k].abs().sum() > 0 for k in grown["model"] if k.startswith("top_cascade.")
                and k.endswith("conv_out.weight"))
+    # likewise a factor context, on top of the cascade
+    assert train_idf.main(common + ["--max-steps", "11", "--resume", str(tmp_path / "run3" / "last.pt"),
+                                    "--context-level", "0", "--train-only", "contexts.", "--lr", "0.01",
+                                    "--out", str(tmp_path / "run3")]) == 0
+    grown2 = torch.load(tmp_path / "run3" / "last.pt", weights_only=True)
+    assert grown2["config"]["context_levels"] == [0] and grown2["config"]["top_groups"] == 3
+    for k, v in grown["ema"].items():  # training only a part starts the rest from the averaged weights
+        assert torch.equal(grown2["model"][k], v), k
+    assert grown2["model"]["contexts.0.net.conv_out.weight"].abs().sum() > 0
 
 
 # -- registry ---------------------------------------------------------------------------
@@ -283,7 +334,8 @@ def test_public_api_png_round_trip():
 
     x = images(1, 32, 32, seed=11)[0]
     blob = amdcompress.compress(_png(x), model="idf")
-    assert amdcompress.info(blob).model == "idf"
+    info = amdcompress.info(blob)
+    assert info.model == "idf" and info.crc32 == "in payload" and info.header_bytes == 13
     out = np.asarray(Image.open(io.BytesIO(amdcompress.decompress(blob))))
     assert np.array_equal(out, x)
     odd = images(1, 29, 31, seed=12)[0]
@@ -329,7 +381,7 @@ def test_context_probe_parts_and_zero_start():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from benchmarks import idf_context_probe as probe
 
-    m = tiny_model(5, top_groups=2)
+    m = tiny_model(5, top_groups=2, context_levels=(0,))
     x = images(4, 32, 32)
     parts = probe.collect(m, x)
     assert set(parts) == {"top-a", "top-b", "level0"}  # two levels: no level1
@@ -338,5 +390,7 @@ def test_context_probe_parts_and_zero_start():
     rows = [probe.probe(parts[name], parts[name], 2, 2, 4, 0.0) for name in parts]
     assert all(r["before_test_bpd"] == r["after_test_bpd"] for r in rows)
     assert sum(r["before_test_bpd"] for r in rows) == pytest.approx(nll_bpd, rel=1e-5)
-    stages = probe.stage_map(4, 4, 4, 4, 2)
+    from amdcompress.models.idf import stage_map
+
+    stages = stage_map(4, 4, 4, 4, 2)
     assert sorted(torch.bincount(stages.flatten()).tolist()) == [8] * 8
