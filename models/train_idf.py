@@ -14,8 +14,8 @@ the flow and the other priors fixed at their averaged weights: how idf-v2 was
 made from idf-v1 (in the git history; its record lists both commands).
 
 Loss: negative log-likelihood in bits per dimension (exact: the flow is an
-integer bijection). Adamax with linear warmup and exponential decay, an EMA of
-the weights for evaluation and shipping, horizontal-flip augmentation.
+integer bijection). Adamax with linear warmup (again after a resume whose
+optimizer state cannot be restored) and exponential decay, an EMA of the weights for evaluation and shipping, horizontal-flip augmentation.
 Every ``--ckpt-minutes`` a full checkpoint (model, optimizer, EMA, step,
 elapsed training seconds) goes to ``OUT/last.pt``; every ``--eval-minutes``
 the EMA model's held-out bpd goes to ``OUT/log.txt`` and ``OUT/metrics.jsonl``.
@@ -87,8 +87,13 @@ def parse_args(argv=None):
 # ---------------------------------------------------------------------------
 
 
-def lr_at(step: int, a) -> float:
-    return schedule(step, a.lr, a.warmup, a.half_life, a.min_lr)
+def lr_at(step: int, a, rewarm_from: int | None = None) -> float:
+    """The schedule at global ``step``; scaled down linearly over ``a.warmup`` steps
+    after ``rewarm_from`` (a resumed run whose optimizer starts fresh)."""
+    lr = schedule(step, a.lr, a.warmup, a.half_life, a.min_lr)
+    if rewarm_from is not None:
+        lr *= min(1.0, (step - rewarm_from + 1) / max(1, a.warmup))
+    return lr
 
 
 @torch.no_grad()
@@ -240,11 +245,18 @@ def main(argv=None) -> int:
         model = model.to(memory_format=torch.channels_last)
         eval_model = eval_model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adamax([prm for prm in model.parameters() if prm.requires_grad], lr=a.lr)
+    restored = False
     if opt_state is not None:
         try:
             opt.load_state_dict(opt_state)
+            restored = True
         except ValueError as e:
             log(f"optimizer state not restored ({e})")
+    # A fresh Adamax makes its first step lr * sign(grad) on every weight: on a trained model that
+    # kick costs more than it gains, so a resumed run without its optimizer state warms up again.
+    rewarm_from = step if a.resume and not restored else None
+    if rewarm_from is not None:
+        log(f"fresh optimizer state: lr warms up again over {a.warmup} steps")
 
     train = np.load(a.data)
     test = np.load(a.test_data)
@@ -275,7 +287,7 @@ def main(argv=None) -> int:
             history["best_test_bpd"] = bpd
             history["best_step"] = step
         rec = {"step": step, "minutes": round(elapsed / 60, 2), "train_bpd": history.get("train_bpd"),
-               "test_bpd": bpd, "lr": lr_at(step, a), "images_per_s": history.get("images_per_s"),
+               "test_bpd": bpd, "lr": lr_at(step, a, rewarm_from), "images_per_s": history.get("images_per_s"),
                "eval_s": round(time.time() - t0, 1), "time": _dt.datetime.now().isoformat(timespec="seconds")}
         log.metrics(rec)
         log(f"eval step {step} ({elapsed / 60:.1f} min): test bpd {bpd:.4f} (EMA), train bpd "
@@ -307,7 +319,7 @@ def main(argv=None) -> int:
             if a.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, a)
+                g["lr"] = lr_at(step, a, rewarm_from)
             loss, _ = model(x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -326,7 +338,7 @@ def main(argv=None) -> int:
                 history["images_per_s"] = seen_n / (time.time() - seen_t)
                 seen_t, seen_n = time.time(), 0
             bar.n = int(time.time() - start_wall)
-            bar.set_postfix_str(f"step {step} bpd {run_avg:.3f} lr {lr_at(step, a):.2e}", refresh=False)
+            bar.set_postfix_str(f"step {step} bpd {run_avg:.3f} lr {lr_at(step, a, rewarm_from):.2e}", refresh=False)
             bar.update(0)
             if time.time() - last_ckpt > a.ckpt_minutes * 60:
                 checkpoint(out / "last.pt")

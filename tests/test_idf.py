@@ -250,6 +250,16 @@ def test_short_training_lowers_loss():
     assert loss.item() < first - 0.5
 
 
+def test_lr_warms_up_again_after_a_fresh_optimizer():
+    from amdcompress.models import train_idf
+
+    a = train_idf.parse_args(["--warmup", "100", "--lr", "1e-3", "--half-life", "1e12"])
+    assert train_idf.lr_at(5000, a) == pytest.approx(1e-3)
+    assert train_idf.lr_at(5000, a, rewarm_from=5000) == pytest.approx(1e-5)
+    assert train_idf.lr_at(5049, a, rewarm_from=5000) == pytest.approx(5e-4)
+    assert train_idf.lr_at(5200, a, rewarm_from=5000) == pytest.approx(1e-3)
+
+
 def test_train_script_resume_and_export(tmp_path):
     from amdcompress.models import train_idf
 
@@ -272,9 +282,12 @@ def test_train_script_resume_and_export(tmp_path):
     # the record lists every run that led to the weights, the checkpoint resume included
     assert len(rec["earlier_commands"]) == 1 and "--max-steps 3" in rec["earlier_commands"][0]
     assert "--max-steps 5" in rec["command"]
-    # resuming from the shipped file alone works too
+    # resuming from the shipped file alone works too; its optimizer starts fresh, so the lr warms up again
     assert train_idf.main(common + ["--max-steps", "6", "--resume", str(wdir / f"{name}.pt"),
                                     "--out", str(tmp_path / "run2")]) == 0
+    assert "warms up again" in (tmp_path / "run2" / "log.txt").read_text()
+    last = json.loads((tmp_path / "run2" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 6 and last["lr"] < train_idf.lr_at(6, train_idf.parse_args([])) / 100
     # growing a top cascade and training only it leaves the rest of the model as shipped
     assert train_idf.main(common + ["--max-steps", "9", "--resume", str(wdir / f"{name}.pt"), "--top-groups", "3",
                                     "--train-only", "top_cascade.", "--lr", "0.01",
