@@ -4,7 +4,7 @@
 * ``idf`` (codec id 16): Integer Discrete Flow for RGB images and ``.npy``
   batches of RGB images; a batch is one ANS stream. Other channel counts are
   left to the classical backends (``accepts`` says no; ``auto`` picks among
-  the rest). Weights: ``models/weights/idf-v2.pt``, checked by full SHA-256.
+  the rest). Weights: ``models/weights/idf-v3.pt``, checked by full SHA-256.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ MAX_PIXELS = 1 << 24  # per image: the flow runs on whole images (memory)
 class IdfBackend:
     name, codec_id, learned = "idf", 16, True
     description = "Integer Discrete Flow (3 levels, logistic-mixture priors): RGB images and batches"
-    weights_name = "idf-v2"
+    weights_name = "idf-v3"
 
     def __init__(self) -> None:
         self._model = None

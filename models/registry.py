@@ -19,7 +19,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 # name -> architecture, weights file, record file (all in WEIGHTS_DIR).
 MODELS: dict[str, dict[str, str]] = {
-    "idf-v2": {"arch": "idf", "file": "idf-v2.pt", "record": "idf-v2.json"},
+    "idf-v3": {"arch": "idf", "file": "idf-v3.pt", "record": "idf-v3.json"},
     "argmax-v1": {"arch": "argmax", "file": "argmax-v1.pt", "record": "argmax-v1.json"},
     "diffusion-v1": {"arch": "diffusion", "file": "diffusion-v1.pt", "record": "diffusion-v1.json"},
     "discrete-flow-v1": {"arch": "discrete-flow", "file": "discrete-flow-v1.pt", "record": "discrete-flow-v1.json"},

@@ -10,8 +10,9 @@
 prior for the half factored out at level L (:class:`.idf.FactorContext`;
 train it with ``--train-only contexts.``). The last form grows a trained model by a top cascade (:class:`.idf.TopCascade`,
 zero-initialised, so it starts at the same likelihood) and trains only that,
-the flow and the other priors fixed at their averaged weights: how idf-v2 was
-made from idf-v1 (in the git history; its record lists both commands).
+the flow and the other priors fixed at their averaged weights: how the top
+cascade and the level-0 context of idf-v3 were
+grown from idf-v1 (in the git history; the record lists the commands).
 
 Loss: negative log-likelihood in bits per dimension (exact: the flow is an
 integer bijection). Adamax with linear warmup (again after a resume whose
@@ -20,7 +21,7 @@ Every ``--ckpt-minutes`` a full checkpoint (model, optimizer, EMA, step,
 elapsed training seconds) goes to ``OUT/last.pt``; every ``--eval-minutes``
 the EMA model's held-out bpd goes to ``OUT/log.txt`` and ``OUT/metrics.jsonl``.
 ``--resume`` takes a full checkpoint or a shipped weights file alone.
-``--export`` writes ``models/weights/idf-v2.pt`` (EMA weights + config) and
+``--export`` writes ``models/weights/idf-v3.pt`` (EMA weights + config) and
 its JSON record from the checkpoint given by ``--resume``.
 """
 from __future__ import annotations
@@ -43,7 +44,7 @@ from .training import lr_at as schedule
 
 DATA = str(shared_data_dir() / "cifar10" / "train.npy")
 TEST = str(shared_data_dir() / "cifar10" / "test.npy")
-WEIGHTS_NAME = "idf-v2"
+WEIGHTS_NAME = "idf-v3"
 
 
 def parse_args(argv=None):

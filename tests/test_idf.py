@@ -317,22 +317,22 @@ def test_registry_refuses_mismatching_weights(tmp_path, monkeypatch):
     from amdcompress.errors import AmdError
 
     m = tiny_model()
-    torch.save({"config": m.config, "state_dict": m.state_dict()}, tmp_path / "idf-v2.pt")
-    sha = registry.sha256_file(tmp_path / "idf-v2.pt")
-    (tmp_path / "idf-v2.json").write_text(json.dumps({"sha256": sha}))
+    torch.save({"config": m.config, "state_dict": m.state_dict()}, tmp_path / "idf-v3.pt")
+    sha = registry.sha256_file(tmp_path / "idf-v3.pt")
+    (tmp_path / "idf-v3.json").write_text(json.dumps({"sha256": sha}))
     monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)
-    assert registry.weights_tag("idf-v2") == bytes.fromhex(sha)[:4]
-    assert registry.load("idf-v2")["config"] == m.config
-    raw = bytearray((tmp_path / "idf-v2.pt").read_bytes())
+    assert registry.weights_tag("idf-v3") == bytes.fromhex(sha)[:4]
+    assert registry.load("idf-v3")["config"] == m.config
+    raw = bytearray((tmp_path / "idf-v3.pt").read_bytes())
     raw[len(raw) // 2] ^= 1
-    (tmp_path / "idf-v2.pt").write_bytes(bytes(raw))
+    (tmp_path / "idf-v3.pt").write_bytes(bytes(raw))
     with pytest.raises(AmdError, match="sha256"):
-        registry.load("idf-v2")
+        registry.load("idf-v3")
 
 
 # -- public API with the shipped weights --------------------------------------------------
 
-shipped = pytest.mark.skipif(not registry.available("idf-v2"), reason="shipped IDF weights not installed")
+shipped = pytest.mark.skipif(not registry.available("idf-v3"), reason="shipped IDF weights not installed")
 
 
 def _png(a: np.ndarray) -> bytes:
