@@ -83,7 +83,7 @@ def _whole(model, lev: int, parts, shape):
     the stages of a level with a context are put back in place."""
     import torch
 
-    ctx = model.contexts[str(lev)] if str(lev) in model.contexts else None
+    ctx = model.context(lev)
     if ctx is None:
         p = next(parts)
         return p.z, p.mu, p.log_scale, p.logit

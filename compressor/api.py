@@ -40,10 +40,10 @@ class Info:
         return d
 
 
-def _encode(backend, data: formats.Data, progress: Callable | None) -> bytes:
-    """Encode and frame. A backend with ``encode_checked`` carries the CRC in its
-    payload (the container then leaves its CRC field out)."""
-    crc = container.crc32(np.ascontiguousarray(data.array).tobytes())
+def _encode(backend, data: formats.Data, crc: int, progress: Callable | None) -> bytes:
+    """Encode and frame; ``crc`` is the CRC-32 of ``data.array``. A backend with
+    ``encode_checked`` carries it in its payload (the container then leaves its
+    CRC field out)."""
     if hasattr(backend, "encode_checked"):
         payload, crc_field = backend.encode_checked(data, crc, progress), None
     else:
@@ -58,19 +58,20 @@ def compress(raw: bytes, model: str = AUTO, progress: Callable | None = None) ->
     available backend that accepts the input for auto is tried and the smallest
     file kept, so auto is never worse than the classical fallbacks)."""
     data = formats.sniff(bytes(raw))
+    crc = container.crc32(np.ascontiguousarray(data.array).tobytes())
     if model != AUTO:
         backend = backends.by_name(model)
         if not backend.accepts(data):
             raise AmdError(f"model {model!r} does not accept {formats.KIND_NAMES[data.kind]} input "
                            f"of shape {data.array.shape}")
-        return _encode(backend, data, progress)
+        return _encode(backend, data, crc, progress)
     best = None
     for backend in backends.all_backends():
         # a backend may narrow what auto tries (e.g. a model too slow to try on spec)
         if not getattr(backend, "auto_accepts", backend.accepts)(data):
             continue
         try:
-            blob = _encode(backend, data, progress)
+            blob = _encode(backend, data, crc, progress)
         except AmdError:
             continue  # e.g. a model that cannot code this particular input
         if best is None or len(blob) < len(best):

@@ -46,6 +46,10 @@ class Backend(Protocol):
     def encode(self, data: Data, progress: Callable[[int], Progress] | None = None) -> bytes: ...
     def decode(self, payload: bytes, kind: int, shape: tuple[int, ...],
                progress: Callable[[int], Progress] | None = None) -> np.ndarray: ...
+    # optional pair: ``encode_checked(data, crc, progress) -> bytes`` carries the
+    # CRC-32 inside the payload and ``decode_checked(payload, kind, shape,
+    # progress) -> (array, crc)`` hands it back; the container then leaves its
+    # CRC field out (compressor/api.py uses them when present).
 
 
 class Store:

@@ -69,21 +69,17 @@ class IdfBackend:
         a = data.images()
         return a.shape[3] == 3 and a.shape[1] * a.shape[2] <= MAX_PIXELS and self.available()
 
-    def encode(self, data: Data, progress=None) -> bytes:
+    def encode(self, data: Data, progress=None, checksum: int | None = None) -> bytes:
         from amdcompress.models import idf_coding
 
         if not self.accepts(data):
             raise AmdError("idf codes RGB images only")
-        return idf_coding.encode(self.model(), data.images(), progress)
+        return idf_coding.encode(self.model(), data.images(), progress, checksum=checksum)
 
     def encode_checked(self, data: Data, crc: int, progress=None) -> bytes:
         """Like :meth:`encode`, with ``crc`` carried inside the ANS stream
         (:func:`~amdcompress.models.idf_coding.encode` with a checksum)."""
-        from amdcompress.models import idf_coding
-
-        if not self.accepts(data):
-            raise AmdError("idf codes RGB images only")
-        return idf_coding.encode(self.model(), data.images(), progress, checksum=crc)
+        return self.encode(data, progress, checksum=crc)
 
     @staticmethod
     def _batch_shape(kind: int, shape) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -393,6 +393,10 @@ class IDF(nn.Module):
         return 2 ** self.config["levels"]
 
     # -- the flow, image -> parts (training and encoder) ----------------------
+    def context(self, lev: int) -> FactorContext | None:
+        """The stage-wise context of level ``lev``'s factored-out half, if it has one."""
+        return self.contexts[str(lev)] if str(lev) in self.contexts else None
+
     def analyse(self, x: torch.Tensor, ste: bool = True) -> list[Part]:
         """Centered integer images (N, C, H, W) as float -> the coded parts in
         the decoder's pop order: the groups of top a, top b|a, then factor-outs
@@ -408,7 +412,7 @@ class IDF(nn.Module):
             half = x.shape[1] // 2
             keep, out = x[:, :half], x[:, half:]
             base = self.priors[lev](keep)
-            ctx = self.contexts[str(lev)] if str(lev) in self.contexts else None
+            ctx = self.context(lev)
             if ctx is None:
                 parts.append(Part(out, *base))
             else:  # stages in decode order, appended reversed (the list is reversed below)

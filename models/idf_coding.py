@@ -325,7 +325,7 @@ def _decode(model: IDF, m: Message, shape: tuple[int, int, int, int], progress: 
             for lev in reversed(range(L)):
                 base = model.priors[lev](x)
                 cz = model.chans[lev] - model.chans[lev] // 2
-                ctx = model.contexts[str(lev)] if str(lev) in model.contexts else None
+                ctx = model.context(lev)
                 if ctx is None:
                     m, z = _coder(Part(None, *base)).pop(m)
                     zo = torch.from_numpy(z.astype(np.float32)).reshape(x.shape[0], cz, x.shape[2], x.shape[3])

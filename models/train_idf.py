@@ -5,18 +5,21 @@
     python -m amdcompress.models.train_idf --resume runs/idf/last.pt --export
     python -m amdcompress.models.train_idf --resume MODEL_WITHOUT_CASCADE.pt --top-groups 4 \
         --train-only top_cascade. --lr 5e-4 --half-life 1e12 --minutes 14
+    python -m amdcompress.models.train_idf --resume MODEL.pt --context-level 0 \
+        --train-only contexts. --minutes 50
 
-``--context-level L`` grows a model the same way by a stage-wise context
-prior for the half factored out at level L (:class:`.idf.FactorContext`;
-train it with ``--train-only contexts.``). The last form grows a trained model by a top cascade (:class:`.idf.TopCascade`,
-zero-initialised, so it starts at the same likelihood) and trains only that,
-the flow and the other priors fixed at their averaged weights: how the top
-cascade and the level-0 context of idf-v3 were
-grown from idf-v1 (in the git history; the record lists the commands).
+The last two forms grow a trained model by a top cascade
+(:class:`.idf.TopCascade`) or by a stage-wise context prior for the half
+factored out at level L (:class:`.idf.FactorContext`), zero-initialised, so
+the model starts at the same likelihood, and train only the new part, the rest
+fixed at its averaged weights: how the top cascade and the level-0 context of
+idf-v3 were grown from idf-v1 (in the git history; the record lists the
+commands) before all of it was trained together.
 
 Loss: negative log-likelihood in bits per dimension (exact: the flow is an
 integer bijection). Adamax with linear warmup (again after a resume whose
-optimizer state cannot be restored) and exponential decay, an EMA of the weights for evaluation and shipping, horizontal-flip augmentation.
+optimizer state cannot be restored) and exponential decay, an EMA of the
+weights for evaluation and shipping, horizontal-flip augmentation.
 Every ``--ckpt-minutes`` a full checkpoint (model, optimizer, EMA, step,
 elapsed training seconds) goes to ``OUT/last.pt``; every ``--eval-minutes``
 the EMA model's held-out bpd goes to ``OUT/log.txt`` and ``OUT/metrics.jsonl``.
@@ -319,8 +322,9 @@ def main(argv=None) -> int:
             x = to_input(xb).to(device)
             if a.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            lr = lr_at(step, a, rewarm_from)
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, a, rewarm_from)
+                g["lr"] = lr
             loss, _ = model(x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -339,7 +343,7 @@ def main(argv=None) -> int:
                 history["images_per_s"] = seen_n / (time.time() - seen_t)
                 seen_t, seen_n = time.time(), 0
             bar.n = int(time.time() - start_wall)
-            bar.set_postfix_str(f"step {step} bpd {run_avg:.3f} lr {lr_at(step, a, rewarm_from):.2e}", refresh=False)
+            bar.set_postfix_str(f"step {step} bpd {run_avg:.3f} lr {lr:.2e}", refresh=False)
             bar.update(0)
             if time.time() - last_ckpt > a.ckpt_minutes * 60:
                 checkpoint(out / "last.pt")

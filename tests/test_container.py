@@ -1,7 +1,6 @@
 """The .amd container and the public API: framing, round trips of every input
 kind, and a fuzzed decoder that never returns wrong data."""
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +10,9 @@ from PIL import Image
 
 import amdcompress
 from amdcompress import AmdError, container, formats
+from amdcompress.models.datasets import shared_data_dir
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = shared_data_dir()
 
 
 def png_bytes(a: np.ndarray, mode: str) -> bytes:

@@ -19,6 +19,7 @@ from amdcompress import api
 from amdcompress.errors import AmdError
 from amdcompress.formats import BYTES, Data
 from amdcompress.models import discrete_flow_coding as dc
+from amdcompress.models.datasets import shared_data_dir
 from amdcompress.models.discrete_flow import (
     DiscreteFlow,
     DiscreteFlowConfig,
@@ -31,7 +32,7 @@ from amdcompress.models.discrete_flow import (
 
 torch.set_num_threads(1)
 TEXT = b"the quick brown fox jumps over the lazy dog and then some more words follow here "
-VALID = Path(__file__).resolve().parents[2] / "shared" / "data" / "text8" / "valid.txt"
+VALID = shared_data_dir() / "text8" / "valid.txt"
 
 
 def tiny_model(base: str = "ar", k: int = 27, chunk: int = 16, layers: int = 3, seed: int = 0,

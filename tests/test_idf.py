@@ -18,10 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from amdcompress.models import idf_coding, registry
+from amdcompress.models.datasets import shared_data_dir
 from amdcompress.models.idf import IDF, Coupling, make_config, squeeze, to_input, unsqueeze
 
 TINY = dict(levels=2, couplings=2, width=8, prior_width=8, mixtures=3, seed=3)
-CIFAR_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "test.npy"
+CIFAR_TEST = shared_data_dir() / "cifar10" / "test.npy"
 
 
 def tiny_model(seed: int = 0, top_groups: int = 1, context_levels=()) -> IDF:
@@ -95,8 +96,8 @@ def test_whole_flow_invertible(seed, n, h, w, groups, contexts):
         # a level with a context comes as its stages, (N, M) each
         rec = torch.cat([next(parts).z for _ in range(groups)], dim=1)
         for lev in reversed(range(len(m.levels))):
-            if str(lev) in m.contexts:
-                ctx = m.contexts[str(lev)]
+            ctx = m.context(lev)
+            if ctx is not None:
                 z = torch.zeros(n, ctx.c, *rec.shape[2:])
                 smap = ctx.stage_map(*rec.shape[2:])
                 for s in range(ctx.stages):
