@@ -27,8 +27,8 @@ from benchmarks.text_rows import DEFAULT_VALID as DEFAULT_DATA, round_trip_row  
 import numpy as np
 import torch
 
-from amdcompress import textstream
-from amdcompress.models import argmax_coding as ac
+from amdcompress.codecs import textstream
+from amdcompress.models.argmax.network import coding as ac
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -66,7 +66,7 @@ def bench_one(raw: bytes, setting: str, samples: int) -> dict:
 def bench_one_coupling(raw: bytes, setting: str, samples: int) -> dict:
     """One row for ``argmax-coupling``: the same measurements as :func:`bench_one`
     (no exact -log2 P(x): the coupling prior has no tractable marginal of x)."""
-    from amdcompress.models.argmax_coupling import chunked_nelbo_bits, count_params
+    from amdcompress.models.argmax_coupling.network import chunked_nelbo_bits, count_params
 
     row, stats, backend = round_trip_row(raw, "argmax-coupling", setting)
     coder, sha = backend.loaded()

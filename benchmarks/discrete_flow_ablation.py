@@ -3,7 +3,7 @@
     python benchmarks/discrete_flow_ablation.py [--minutes 4] [--depths 0,1,2,4] [--temperatures 0.1,1.0]
 
 Runs one short training per (coupling layers, straight-through temperature)
-with :mod:`amdcompress.models.train_discrete_flow` (factorized base, 1 thread,
+with :mod:`amdcompress.models.discrete_flow.train` (factorized base, 1 thread,
 same seed, data and budget; depth 0 has no flow, so it runs once) one after
 the other, and writes the held-out bits per character of each (exact -log2
 P(x), first ``--eval-chars`` of valid.txt) to
@@ -44,7 +44,7 @@ def main(argv=None) -> None:
     p.add_argument("--no-train", action="store_true", help="only summarize the runs already in --runs")
     args = p.parse_args(argv)
     args.command = "python benchmarks/discrete_flow_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    from amdcompress.models import train_discrete_flow as tdf
+    from amdcompress.models.discrete_flow.network import train as tdf
 
     depths = [int(d) for d in args.depths.split(",")]
     temps = [float(t) for t in args.temperatures.split(",")]
@@ -66,7 +66,7 @@ def main(argv=None) -> None:
             tdf.main(cmd)
         results.append({"name": name, "base": "factorized", "coupling_layers": depth,
                         "temperature": temp if depth else None, **summarize(run_dir, args.eval_chars),
-                        "command": "python -m amdcompress.models.train_discrete_flow " + " ".join(cmd)})
+                        "command": "python -m amdcompress.models.discrete_flow.train " + " ".join(cmd)})
         print(json.dumps(results[-1]), flush=True)
         _write(out, args, results)
     _write(out, args, results)
@@ -80,9 +80,9 @@ def summarize(run_dir: Path, eval_chars: int) -> dict:
     import numpy as np
     import torch
 
-    from amdcompress.models.discrete_flow import DiscreteFlow, DiscreteFlowConfig
-    from amdcompress.models.discrete_flow_coding import apply_flow
-    from amdcompress.models.train_discrete_flow import load_symbols
+    from amdcompress.models.discrete_flow.network import DiscreteFlow, DiscreteFlowConfig
+    from amdcompress.models.discrete_flow.coding import apply_flow
+    from amdcompress.models.discrete_flow.train import load_symbols
 
     torch.set_num_threads(1)
     ck = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)

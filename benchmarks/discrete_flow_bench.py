@@ -28,9 +28,9 @@ from benchmarks.text_rows import DEFAULT_VALID as DEFAULT_DATA, round_trip_row  
 import numpy as np
 import torch
 
-from amdcompress import textstream
+from amdcompress.codecs import textstream
 from amdcompress.learned_discrete_flow import BACKEND
-from amdcompress.models import discrete_flow_coding as dc
+from amdcompress.models.discrete_flow.network import coding as dc
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

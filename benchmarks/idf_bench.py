@@ -83,7 +83,8 @@ def main(argv=None) -> int:
 
     import amdcompress
     from amdcompress.learned import IdfBackend
-    from amdcompress.models import idf_coding, registry
+    from amdcompress.models.idf.network import coding as idf_coding
+    from amdcompress.models import registry
 
     backend = IdfBackend()
     if not registry.available(backend.weights_name):

@@ -46,7 +46,7 @@ def collect(model, images, batch: int = 200):
     shipped prior's parameters (mu, log_scale, logit), all on the CPU."""
     import torch
 
-    from amdcompress.models.idf import squeeze, to_input
+    from amdcompress.models.idf.network import squeeze, to_input
 
     L = len(model.levels)
     groups = len(model.top_bounds()) - 1
@@ -103,7 +103,7 @@ def probe(part: dict, test: dict, phases: int, groups: int, width: int, minutes:
     import torch
     import torch.nn as nn
 
-    from amdcompress.models.idf import ResNet, logistic_mixture_logp, stage_map
+    from amdcompress.models.idf.network import ResNet, logistic_mixture_logp, stage_map
 
     torch.manual_seed(seed)
     z, cond = part["z"].float(), part["cond"]
@@ -178,7 +178,7 @@ def main(argv=None) -> int:
 
     from amdcompress.learned import IdfBackend
     from amdcompress.models import registry
-    from amdcompress.models.idf import IDF
+    from amdcompress.models.idf.network import IDF
 
     torch.set_num_threads(a.threads)
     name = IdfBackend.weights_name

@@ -5,7 +5,7 @@ Public API: :func:`compress`, :func:`decompress`, :func:`info`; errors are
 models :mod:`amdcompress.models`.
 """
 from .api import compress, decompress, info
-from .errors import AmdError
+from .codecs.errors import AmdError
 
 __version__ = "0.1.0"
 __all__ = ["compress", "decompress", "info", "AmdError", "__version__"]

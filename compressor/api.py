@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from . import backends, container, formats
-from .errors import AmdError
+from .codecs.errors import AmdError
 
 AUTO = "auto"
 

@@ -17,7 +17,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from .errors import AmdError
+from .codecs.errors import AmdError
 from .formats import Data
 
 NO_WEIGHTS = b"\x00\x00\x00\x00"

@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 
 from . import __version__, api, backends
-from .errors import AmdError
+from .codecs.errors import AmdError
 
 STDIO = "-"
 

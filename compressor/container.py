@@ -41,7 +41,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from .errors import AmdError
+from .codecs.errors import AmdError
 from .formats import KIND_NDIM, validate_shape
 from .codecs.varint import read_varint, write_varint
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import AmdError
+from .codecs.errors import AmdError
 
 BYTES = 0
 IMAGE_PNG = 1

@@ -13,7 +13,7 @@ import threading
 import numpy as np
 
 from .backends import NO_WEIGHTS, register
-from .errors import AmdError
+from .codecs.errors import AmdError
 from .formats import NPY_BATCH, Data
 
 MAX_PIXELS = 1 << 24  # per image: the flow runs on whole images (memory)
@@ -46,7 +46,7 @@ class IdfBackend:
         with self._lock:
             if self._model is None:
                 from amdcompress.models import registry
-                from amdcompress.models.idf import IDF
+                from amdcompress.models.idf.network import IDF
 
                 if not registry.available(self.weights_name):
                     raise AmdError(f"model 'idf' is not installed (weights {self.weights_name} missing)")
@@ -70,7 +70,7 @@ class IdfBackend:
         return a.shape[3] == 3 and a.shape[1] * a.shape[2] <= MAX_PIXELS and self.available()
 
     def encode(self, data: Data, progress=None, checksum: int | None = None) -> bytes:
-        from amdcompress.models import idf_coding
+        from amdcompress.models.idf.network import coding as idf_coding
 
         if not self.accepts(data):
             raise AmdError("idf codes RGB images only")
@@ -78,7 +78,7 @@ class IdfBackend:
 
     def encode_checked(self, data: Data, crc: int, progress=None) -> bytes:
         """Like :meth:`encode`, with ``crc`` carried inside the ANS stream
-        (:func:`~amdcompress.models.idf_coding.encode` with a checksum)."""
+        (:func:`~amdcompress.models.idf.coding.encode` with a checksum)."""
         return self.encode(data, progress, checksum=crc)
 
     @staticmethod
@@ -90,14 +90,14 @@ class IdfBackend:
         return shape, batch
 
     def decode(self, payload: bytes, kind: int, shape, progress=None) -> np.ndarray:
-        from amdcompress.models import idf_coding
+        from amdcompress.models.idf.network import coding as idf_coding
 
         shape, batch = self._batch_shape(kind, shape)
         return idf_coding.decode(self.model(), payload, batch, progress).reshape(shape)
 
     def decode_checked(self, payload: bytes, kind: int, shape, progress=None) -> tuple[np.ndarray, int]:
         """Inverse of :meth:`encode_checked`: the array and the CRC the stream carried."""
-        from amdcompress.models import idf_coding
+        from amdcompress.models.idf.network import coding as idf_coding
 
         shape, batch = self._batch_shape(kind, shape)
         out, crc = idf_coding.decode_checked(self.model(), payload, batch, progress)

@@ -1,6 +1,6 @@
 """Backend ``argmax-coupling`` (codec id 20): the Argmax Flow with a
 coupling-flow prior that is an exact bijection on the coding grid
-(:mod:`amdcompress.models.argmax_coupling_coding`), bits-back chunk by chunk.
+(:mod:`amdcompress.models.argmax_coupling.coding`), bits-back chunk by chunk.
 
 ``auto`` never picks it (the autoregressive ``argmax`` is the default text
 model and codes smaller files); ask for it with ``--model argmax-coupling``.
@@ -24,7 +24,7 @@ class ArgmaxCouplingBackend(TextModelBackend):
 
     def load(self, path: Path, sha256: str):
         """(coder, sha256)."""
-        from amdcompress.models.argmax_coupling_coding import load_weights
+        from amdcompress.models.argmax_coupling.coding import load_weights
 
         return load_weights(path, sha256)
 

@@ -1,5 +1,5 @@
 """Backend "diffusion" (codec id 17): text through multinomial diffusion with
-bits-back coding along the chain (:mod:`amdcompress.models.diffusion_coding`).
+bits-back coding along the chain (:mod:`amdcompress.models.diffusion.coding`).
 
 Input: any bytes. Symbols of the text8 alphabet (space, a-z) go through the
 model; every other byte is an escape stored by :mod:`.textstream` (LZMA2), so
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .backends import register
-from .errors import AmdError
+from .codecs.errors import AmdError
 from .text_backend import TextModelBackend
 
 DEFAULT_STEPS = 100
@@ -61,7 +61,9 @@ class DiffusionBackend(TextModelBackend):
 
     def load(self, path: Path, sha256: str):
         """A :class:`DiffusionCoder` around the (float32, eval-mode) denoiser."""
-        from amdcompress.models import diffusion, diffusion_coding, registry
+        from amdcompress.models.diffusion.network import network as diffusion
+        from amdcompress.models.diffusion.network import coding as diffusion_coding
+        from amdcompress.models import registry
 
         return diffusion_coding.DiffusionCoder(diffusion.model_from_weights(registry.read_weights(path)))
 
@@ -76,7 +78,7 @@ class DiffusionBackend(TextModelBackend):
 
     def stream_details(self, stream: bytes) -> dict:
         """The chain length the file was coded with (``--steps`` of the encoder)."""
-        from amdcompress.models.diffusion_coding import stream_steps
+        from amdcompress.models.diffusion.coding import stream_steps
 
         return {"chain_steps": stream_steps(stream)} if stream else {}
 

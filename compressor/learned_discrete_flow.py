@@ -1,7 +1,7 @@
 """Backend ``discrete-flow`` (codec id 19): a Discrete Flow on text.
 
 The 27-symbol text is coded exactly with the flow
-(:mod:`amdcompress.models.discrete_flow_coding`: ``z = f(x)`` pushed under the
+(:mod:`amdcompress.models.discrete_flow.coding`: ``z = f(x)`` pushed under the
 base, no bits-back); weights checks, escapes, the coding mode (CPU, one thread,
 deterministic) and one-line errors come from :class:`.text_backend.TextModelBackend`.
 Weights: ``models/weights/discrete-flow-v1.pt`` and its JSON record.
@@ -31,7 +31,7 @@ class DiscreteFlowBackend(TextModelBackend):
 
     def load(self, path: Path, sha256: str):
         """(model, sha256); ValueError if the file does not fit the architecture."""
-        from amdcompress.models.discrete_flow_coding import load_weights
+        from amdcompress.models.discrete_flow.coding import load_weights
 
         return load_weights(path, sha256)
 
@@ -40,12 +40,12 @@ class DiscreteFlowBackend(TextModelBackend):
         return self.loaded()[0]
 
     def encode_symbols(self, loaded, sym: np.ndarray, progress, stats: dict) -> bytes:
-        from amdcompress.models.discrete_flow_coding import encode_symbols
+        from amdcompress.models.discrete_flow.coding import encode_symbols
 
         return encode_symbols(loaded[0], sym, progress=progress, stats=stats)
 
     def decode_symbols(self, loaded, stream: bytes, progress, max_symbols: int) -> np.ndarray:
-        from amdcompress.models.discrete_flow_coding import decode_symbols
+        from amdcompress.models.discrete_flow.coding import decode_symbols
 
         return decode_symbols(loaded[0], stream, progress=progress, max_symbols=max_symbols)
 

@@ -2,7 +2,7 @@
 choice for text.
 
 The 27-symbol text is coded by bits-back with the Argmax Flow
-(:mod:`amdcompress.models.argmax_coding`: LSTM context, autoregressive
+(:mod:`amdcompress.models.argmax.coding`: LSTM context, autoregressive
 logistic-mixture prior, thresholding q); everything else is
 :class:`~.text_backend.TextModelBackend`'s (checked weights, escapes, errors,
 deterministic coding).
@@ -27,18 +27,18 @@ class ArgmaxBackend(TextModelBackend):
 
     def load(self, path: Path, sha256: str):
         """(model, coding tables, sha256)."""
-        from amdcompress.models.argmax_coding import load_weights
+        from amdcompress.models.argmax.coding import load_weights
 
         return load_weights(path, sha256)
 
     def encode_symbols(self, loaded, sym: np.ndarray, progress, stats: dict) -> bytes:
-        from amdcompress.models.argmax_coding import encode_symbols
+        from amdcompress.models.argmax.coding import encode_symbols
 
         model, tables, _ = loaded
         return encode_symbols(model, tables, sym, progress=progress, stats=stats)
 
     def decode_symbols(self, loaded, stream: bytes, progress, max_symbols: int) -> np.ndarray:
-        from amdcompress.models.argmax_coding import decode_symbols
+        from amdcompress.models.argmax.coding import decode_symbols
 
         model, tables, _ = loaded
         return decode_symbols(model, tables, stream, progress=progress, max_symbols=max_symbols)

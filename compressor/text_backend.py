@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import textstream
+from .codecs import textstream
 from .backends import NO_WEIGHTS
-from .errors import AmdError
+from .codecs.errors import AmdError
 from .formats import BYTES, Data
 
 MAX_ESCAPE_FRACTION = 0.5

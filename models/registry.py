@@ -1,7 +1,7 @@
 """Shipped model weights by name, checked by full SHA-256 before use.
 
 Each entry names a weights file in ``models/weights/`` and its JSON record
-(written by the exporter, e.g. ``python -m amdcompress.models.train_idf
+(written by the exporter, e.g. ``python -m amdcompress.models.idf.train
 --export``), which holds the file's SHA-256 and how it was trained. Loading
 recomputes the hash and refuses a file that does not match its record. The
 container stores :func:`weights_tag` (the first 4 bytes of the hash), so a
@@ -13,7 +13,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from amdcompress.errors import AmdError
+from amdcompress.codecs.errors import AmdError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 

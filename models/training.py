@@ -105,7 +105,7 @@ def load_text_symbols(path: str | Path, limit: int | None = None, dtype=np.uint8
 
     Raises ``SystemExit`` naming the file if any byte is outside the alphabet:
     training data must be clean text8, not silently filtered."""
-    from amdcompress.textstream import split
+    from amdcompress.codecs.textstream import split
 
     raw = np.fromfile(path, dtype=np.uint8, count=limit if limit else -1)
     sym, _ = split(raw)

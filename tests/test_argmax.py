@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from amdcompress.codecs import Message
-from amdcompress.errors import AmdError
+from amdcompress.codecs.errors import AmdError
 from amdcompress.formats import BYTES, Data
-from amdcompress.models import argmax_coding as ac
-from amdcompress.models.argmax import (
+from amdcompress.models.argmax.network import coding as ac
+from amdcompress.models.argmax.network import (
     ArgmaxConfig,
     ArgmaxFlow,
     GumbelQ,
@@ -142,7 +142,7 @@ def test_prior_is_normalized_and_elbo_bounds_nll():
     assert abs(float((2.0 ** -nll).sum()) - 1.0) < 1e-4
     v = torch.linspace(-30, 30, 60001)
     raw = torch.randn(3 * TINY.mixtures)
-    from amdcompress.models.argmax import split_params
+    from amdcompress.models.argmax.network import split_params
 
     dens = torch.exp(logistic_mixture_logpdf(v, *split_params(raw.expand(len(v), -1), TINY.mixtures)))
     assert abs(float(torch.trapezoid(dens, v)) - 1.0) < 1e-3
@@ -214,7 +214,7 @@ def test_corrupt_streams_fail_cleanly(tiny):
 _CODER = r"""
 import sys, numpy as np, torch
 torch.set_num_threads(1)
-from amdcompress.models.argmax_coding import load_weights, encode_symbols, decode_symbols
+from amdcompress.models.argmax.coding import load_weights, encode_symbols, decode_symbols
 model, tables, _ = load_weights(sys.argv[2])
 if sys.argv[1] == "enc":
     sym = np.frombuffer(open(sys.argv[3], "rb").read(), dtype=np.uint8).astype(np.int64) % 27
@@ -283,7 +283,7 @@ def test_backend_registered():
 
 # -- training --------------------------------------------------------------------------
 def test_training_script_runs_and_exports(tmp_path):
-    from amdcompress.models import train_argmax
+    from amdcompress.models.argmax.network import train as train_argmax
 
     data = tmp_path / "train.txt"
     data.write_bytes(TEXT * 300)

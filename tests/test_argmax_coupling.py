@@ -12,10 +12,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from amdcompress.errors import AmdError
+from amdcompress.codecs.errors import AmdError
 from amdcompress.formats import BYTES, Data
-from amdcompress.models import argmax_coupling_coding as acc
-from amdcompress.models.argmax_coupling import (
+from amdcompress.models.argmax_coupling.network import coding as acc
+from amdcompress.models.argmax_coupling.network import (
     WARMUP_FIRST,
     ArgmaxCouplingFlow,
     CouplingConfig,
@@ -190,7 +190,7 @@ def test_corrupt_streams_fail_cleanly(coder):
 _CODER = r"""
 import sys, numpy as np, torch
 torch.set_num_threads(1)
-from amdcompress.models.argmax_coupling_coding import load_weights
+from amdcompress.models.argmax_coupling.coding import load_weights
 coder, _ = load_weights(sys.argv[2])
 if sys.argv[1] == "enc":
     sym = np.frombuffer(open(sys.argv[3], "rb").read(), dtype=np.uint8).astype(np.int64) % 27
@@ -257,7 +257,7 @@ def test_backend_registered_and_api_round_trip(weights_file, monkeypatch):
 
 # -- training --------------------------------------------------------------------------------
 def test_training_script_runs_and_exports(tmp_path):
-    from amdcompress.models import train_argmax_coupling as tr
+    from amdcompress.models.argmax_coupling.network import train as tr
 
     data = tmp_path / "train.txt"
     data.write_bytes(TEXT * 300)

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from amdcompress import AmdError, api, backends, formats
-from amdcompress.models import diffusion as D
-from amdcompress.models import diffusion_coding as DC
+from amdcompress.models.diffusion.network import network as D
+from amdcompress.models.diffusion.network import coding as DC
 
 TINY = {"T": 20, "d": 32, "layers": 1, "heads": 2, "ff": 64, "conv": 3}
 
@@ -36,7 +36,7 @@ def text_symbols(n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     words = [b"the", b"of", b"and", b"diffusion", b"text", b"a", b"model", b"zebra"]
     raw = b" ".join(words[i] for i in rng.integers(0, len(words), n))[:n]
-    from amdcompress import textstream
+    from amdcompress.codecs import textstream
 
     return textstream.split(np.frombuffer(raw, dtype=np.uint8))[0]
 
@@ -170,7 +170,8 @@ def test_corrupt_streams_raise(tiny):
 _PROC = r"""
 import sys, numpy as np, torch
 torch.set_num_threads(4)  # the coder must pin its own thread count
-from amdcompress.models import diffusion as D, diffusion_coding as DC
+from amdcompress.models.diffusion.network import network as D
+from amdcompress.models.diffusion.network import coding as DC
 obj = torch.load(sys.argv[2], weights_only=True)
 m = D.model_from_weights(obj)
 coder = DC.DiffusionCoder(m, block=3)
@@ -216,7 +217,8 @@ def test_tiny_model_loss_decreases():
 def test_train_script_resume_and_export(tmp_path):
     import json
 
-    from amdcompress.models import registry, train_diffusion
+    from amdcompress.models import registry
+    from amdcompress.models.diffusion.network import train as train_diffusion
 
     text = bytes(np.frombuffer(b" abcdefghijklmnopqrstuvwxyz", np.uint8)[text_symbols(4096, seed=5)])
     (tmp_path / "train.txt").write_bytes(text)

@@ -16,11 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from amdcompress import api
-from amdcompress.errors import AmdError
+from amdcompress.codecs.errors import AmdError
 from amdcompress.formats import BYTES, Data
-from amdcompress.models import discrete_flow_coding as dc
+from amdcompress.models.discrete_flow.network import coding as dc
 from amdcompress.models.datasets import shared_data_dir
-from amdcompress.models.discrete_flow import (
+from amdcompress.models.discrete_flow.network import (
     DiscreteFlow,
     DiscreteFlowConfig,
     mod_inverses,
@@ -176,7 +176,7 @@ def test_corrupt_streams_fail_cleanly():
 _CODER = r"""
 import sys, numpy as np, torch
 torch.set_num_threads(1)
-from amdcompress.models.discrete_flow_coding import load_weights, encode_symbols
+from amdcompress.models.discrete_flow.coding import load_weights, encode_symbols
 model, _ = load_weights(sys.argv[2])
 sym = np.frombuffer(open(sys.argv[3], "rb").read(), dtype=np.uint8).astype(np.int64) % 27
 open(sys.argv[4], "wb").write(encode_symbols(model, sym))
@@ -314,7 +314,7 @@ def test_coupling_learns_what_a_factorized_base_cannot():
 
 
 def test_training_script_runs_resumes_and_exports(tmp_path):
-    from amdcompress.models import train_discrete_flow as tdf
+    from amdcompress.models.discrete_flow.network import train as tdf
 
     data = tmp_path / "train.txt"
     data.write_bytes(TEXT * 200)

@@ -17,9 +17,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from amdcompress.models import idf_coding, registry
+from amdcompress.models.idf.network import coding as idf_coding
+from amdcompress.models import registry
 from amdcompress.models.datasets import shared_data_dir
-from amdcompress.models.idf import IDF, Coupling, make_config, squeeze, to_input, unsqueeze
+from amdcompress.models.idf.network import IDF, Coupling, make_config, squeeze, to_input, unsqueeze
 
 TINY = dict(levels=2, couplings=2, width=8, prior_width=8, mixtures=3, seed=3)
 CIFAR_TEST = shared_data_dir() / "cifar10" / "test.npy"
@@ -131,7 +132,7 @@ def test_coding_round_trip_batch(groups, contexts):
 def test_checksum_rides_in_the_stream(crc, n, seed):
     """encode(..., checksum=c) -> decode_checked hands back the images and c;
     the plain decoder refuses that payload, and damage never yields a silent pass."""
-    from amdcompress.errors import AmdError
+    from amdcompress.codecs.errors import AmdError
 
     m = checked_model()
     x = images(n, 8, 8, seed=seed)
@@ -155,7 +156,7 @@ def test_growth_keeps_the_likelihood():
     """Growing a trained model by a top cascade and factor contexts
     (train_idf --top-groups, --context-level) keeps its likelihood: the new
     nets start at zero."""
-    from amdcompress.models.train_idf import load_grown
+    from amdcompress.models.idf.train import load_grown
 
     plain = tiny_model(4)
     grown = IDF(dict(plain.config, top_groups=3, top_width=8, context_levels=[0, 1], context_width=8)).eval()
@@ -174,7 +175,7 @@ def test_coding_round_trip_odd_size_single_image():
 
 
 def test_coding_rejects_corrupt_payload():
-    from amdcompress.errors import AmdError
+    from amdcompress.codecs.errors import AmdError
 
     m = tiny_model()
     x = images(2, 8, 8)
@@ -193,8 +194,8 @@ def test_coding_rejects_corrupt_payload():
 
 _CHILD = textwrap.dedent("""
     import sys, numpy as np, torch
-    from amdcompress.models.idf import IDF
-    from amdcompress.models import idf_coding
+    from amdcompress.models.idf.network import IDF
+    from amdcompress.models.idf.network import coding as idf_coding
     weights, images, payload_out, payload_in, decoded_out = sys.argv[1:]
     obj = torch.load(weights, weights_only=True)
     m = IDF(obj["config"]); m.load_state_dict(obj["state_dict"]); m.eval()
@@ -252,7 +253,7 @@ def test_short_training_lowers_loss():
 
 
 def test_lr_warms_up_again_after_a_fresh_optimizer():
-    from amdcompress.models import train_idf
+    from amdcompress.models.idf.network import train as train_idf
 
     a = train_idf.parse_args(["--warmup", "100", "--lr", "1e-3", "--half-life", "1e12"])
     assert train_idf.lr_at(5000, a) == pytest.approx(1e-3)
@@ -262,7 +263,7 @@ def test_lr_warms_up_again_after_a_fresh_optimizer():
 
 
 def test_train_script_resume_and_export(tmp_path):
-    from amdcompress.models import train_idf
+    from amdcompress.models.idf.network import train as train_idf
 
     np.save(tmp_path / "train.npy", images(16, 16, 16))
     np.save(tmp_path / "test.npy", images(4, 16, 16, seed=20))
@@ -315,7 +316,7 @@ def test_train_script_resume_and_export(tmp_path):
 
 
 def test_registry_refuses_mismatching_weights(tmp_path, monkeypatch):
-    from amdcompress.errors import AmdError
+    from amdcompress.codecs.errors import AmdError
 
     m = tiny_model()
     torch.save({"config": m.config, "state_dict": m.state_dict()}, tmp_path / "idf-v3.pt")
@@ -363,7 +364,7 @@ def test_public_api_png_round_trip():
 @shipped
 def test_public_api_batch_and_corruption():
     import amdcompress
-    from amdcompress.errors import AmdError
+    from amdcompress.codecs.errors import AmdError
 
     x = images(8)
     buf = io.BytesIO()
@@ -407,7 +408,7 @@ def test_context_probe_parts_and_zero_start():
     rows = [probe.probe(parts[name], parts[name], 2, 2, 4, 0.0) for name in parts]
     assert all(r["before_test_bpd"] == r["after_test_bpd"] for r in rows)
     assert sum(r["before_test_bpd"] for r in rows) == pytest.approx(nll_bpd, rel=1e-5)
-    from amdcompress.models.idf import stage_map
+    from amdcompress.models.idf.network import stage_map
 
     stages = stage_map(4, 4, 4, 4, 2)
     assert sorted(torch.bincount(stages.flatten()).tolist()) == [8] * 8

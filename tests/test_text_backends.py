@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from amdcompress import api, backends
-from amdcompress.errors import AmdError
+from amdcompress.codecs.errors import AmdError
 from amdcompress.formats import BYTES, IMAGE_PNM, Data
 from amdcompress.text_backend import TextModelBackend
-from amdcompress.textstream import ALPHABET
+from amdcompress.codecs.textstream import ALPHABET
 
 TEXT_BACKENDS = sorted((b for b in backends.all_backends() if isinstance(b, TextModelBackend)),
                        key=lambda b: b.codec_id)

@@ -55,9 +55,9 @@ from amdcompress.codecs import Categorical, CorruptStreamError, Message, Windowe
 from amdcompress.codecs.distributions import TOTAL, det_exp, windowed_logistic_mixture_counts
 from amdcompress.codecs.varint import read_head, read_varint, write_head
 
-from .argmax import BITS, K
-from .argmax_coding import PARAM_GRID, build_coding_tables, q_support
-from .argmax_coupling import ArgmaxCouplingFlow, CouplingConfig, chunk_sizes, pad_k
+from ..argmax.network import BITS, K
+from ..argmax.coding import PARAM_GRID, build_coding_tables, q_support
+from .network import ArgmaxCouplingFlow, CouplingConfig, chunk_sizes, pad_k
 
 STREAM_VERSION = 1
 Z_LIMIT = 1 << 20          # |z| in grid steps; escapes are uniform on [-Z_LIMIT, Z_LIMIT]

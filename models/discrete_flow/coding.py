@@ -45,7 +45,7 @@ from amdcompress.codecs import Categorical, CorruptStreamError, Message, categor
 from amdcompress.codecs.distributions import PRECISION
 from amdcompress.codecs.varint import read_head, write_head
 
-from .discrete_flow import LN2, DiscreteFlow, DiscreteFlowConfig
+from .network import LN2, DiscreteFlow, DiscreteFlowConfig
 
 STREAM_VERSION = 1
 PARAM_GRID = 4096.0        # base logits are rounded to multiples of 1/4096

@@ -1,6 +1,6 @@
 """Argmax Flow for text (Hoogeboom et al. 2021), autoregressive prior, binary encoding.
 
-Symbols ``x`` in ``0..26`` (the alphabet of :mod:`amdcompress.textstream`) are
+Symbols ``x`` in ``0..26`` (the alphabet of :mod:`amdcompress.codecs.textstream`) are
 written with ``B = 5`` bits (MSB first). Each character owns a continuous vector
 ``v`` in R^5 and ``x = decode(sign(v))``: bit ``i`` is ``[v_i > 0]``, the argmax
 of the binary encoding. Codes 27..31 are never produced by ``q``; the prior

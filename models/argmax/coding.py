@@ -54,7 +54,7 @@ from amdcompress.codecs import Categorical, CorruptStreamError, Message
 from amdcompress.codecs.distributions import det_exp, det_sigmoid, quantize_weights
 from amdcompress.codecs.varint import read_head, read_varint, write_head
 
-from .argmax import BITS, K, START, ArgmaxFlow
+from .network import BITS, K, START, ArgmaxFlow
 
 STREAM_VERSION = 1
 PARAM_GRID = 4096.0        # network outputs are rounded to multiples of 1/4096
@@ -325,7 +325,7 @@ def load_weights(path, expected_sha256: str | None = None):
     import hashlib
     from pathlib import Path
 
-    from .argmax import ArgmaxConfig
+    from .network import ArgmaxConfig
 
     raw = Path(path).read_bytes()
     sha = hashlib.sha256(raw).hexdigest()

@@ -50,10 +50,10 @@ from amdcompress.codecs import (
 )
 from amdcompress.codecs.distributions import logistic_mixture_weights
 from amdcompress.codecs.message import CorruptStreamError
-from amdcompress.errors import AmdError
+from amdcompress.codecs.errors import AmdError
 
-from .determinism import CODING_THREADS, coding_mode
-from .idf import CENTER, IDF, LOG_SCALE_MAX, LOG_SCALE_MIN, Part, logistic_mixture_logp, to_input
+from ..determinism import CODING_THREADS, coding_mode
+from .network import CENTER, IDF, LOG_SCALE_MAX, LOG_SCALE_MIN, Part, logistic_mixture_logp, to_input
 
 LO, HI = -(1 << 15), (1 << 15) - 1
 GRID_BITS = 10

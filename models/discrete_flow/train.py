@@ -1,8 +1,8 @@
 """Train the Discrete Flow text model (:mod:`.discrete_flow`) on text8, and export weights.
 
-    python -m amdcompress.models.train_discrete_flow --minutes 40 --threads 1 --base ar --layers 2
-    python -m amdcompress.models.train_discrete_flow --resume runs/discrete_flow/last.pt --minutes 50
-    python -m amdcompress.models.train_discrete_flow --export runs/discrete_flow/best.pt  # -> models/weights/discrete-flow-v1.{pt,json}
+    python -m amdcompress.models.discrete_flow.train --minutes 40 --threads 1 --base ar --layers 2
+    python -m amdcompress.models.discrete_flow.train --resume runs/discrete_flow/last.pt --minutes 50
+    python -m amdcompress.models.discrete_flow.train --export runs/discrete_flow/best.pt  # -> models/weights/discrete-flow-v1.{pt,json}
 
 Training: exact -log2 P(x) in bits per character (no bound: the flow is a
 bijection), straight-through gradients for the flow. ``--batch`` contiguous
@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .discrete_flow import DiscreteFlow, DiscreteFlowConfig, count_params
-from .training import (BudgetedTraining, load_text_symbols, save_weights, start_from, text_trainer_parser,
+from .network import DiscreteFlow, DiscreteFlowConfig, count_params
+from ..training import (BudgetedTraining, load_text_symbols, save_weights, start_from, text_trainer_parser,
                        text_weights_record, write_record)
 
 
@@ -107,7 +107,7 @@ def export(args) -> None:
     sha256)."""
     from amdcompress.models.registry import compact_state_dict
 
-    from .discrete_flow_coding import load_weights
+    from .coding import load_weights
 
     torch.set_num_threads(args.threads)
     ck = torch.load(args.export, map_location="cpu", weights_only=False)
@@ -152,7 +152,7 @@ def parser():
 
 def main(argv=None):
     args = parser().parse_args(argv)
-    args.command = " ".join(["python -m amdcompress.models.train_discrete_flow"]
+    args.command = " ".join(["python -m amdcompress.models.discrete_flow.train"]
                             + (list(argv) if argv is not None else sys.argv[1:]))
     if args.export:
         return export(args)

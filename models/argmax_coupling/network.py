@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .argmax import BITS, K, LN2, ThresholdQ, logistic_mixture_logpdf
+from ..argmax.network import BITS, K, LN2, ThresholdQ, logistic_mixture_logpdf
 
 LOG_SCALE_MIN, LOG_SCALE_MAX = -6.0, 4.0
 DIM_SPLITS = ((0, 1), (0, 2, 4))     # conditioning dims of the two bit-dimension splits

@@ -13,7 +13,7 @@ import lzma
 import numpy as np
 
 from .errors import AmdError
-from .codecs.varint import read_varint, write_varint
+from .varint import read_varint, write_varint
 
 ALPHABET = b" abcdefghijklmnopqrstuvwxyz"
 K = len(ALPHABET)

@@ -1,10 +1,10 @@
 """Train the multinomial text diffusion model on text8 (27 symbols).
 
-    python -m amdcompress.models.train_diffusion --minutes 60                       # new run, CPU, 1 thread
-    python -m amdcompress.models.train_diffusion --resume runs/diffusion/last.pt --minutes 60
-    python -m amdcompress.models.train_diffusion --resume models/weights/diffusion-v1.pt --minutes 60
-    python -m amdcompress.models.train_diffusion --device cuda --threads 4 --batch 64 --minutes 120
-    python -m amdcompress.models.train_diffusion --resume runs/diffusion/last.pt --export
+    python -m amdcompress.models.diffusion.train --minutes 60                       # new run, CPU, 1 thread
+    python -m amdcompress.models.diffusion.train --resume runs/diffusion/last.pt --minutes 60
+    python -m amdcompress.models.diffusion.train --resume models/weights/diffusion-v1.pt --minutes 60
+    python -m amdcompress.models.diffusion.train --device cuda --threads 4 --batch 64 --minutes 120
+    python -m amdcompress.models.diffusion.train --resume runs/diffusion/last.pt --export
 
 Loss: the negative ELBO in bits per char (KL terms, reconstruction term and the
 prior KL at T), one chain step per example, sampled uniformly or by importance
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .diffusion import (
+from .network import (
     CHUNK,
     WEIGHTS_NAME,
     Denoiser,
@@ -46,9 +46,9 @@ from .diffusion import (
     make_config,
     training_loss,
 )
-from .training import EMA, RunLog, atomic_save, pick_device, write_record
-from .training import load_text_symbols as load_symbols
-from .training import lr_at as schedule
+from ..training import EMA, RunLog, atomic_save, pick_device, write_record
+from ..training import load_text_symbols as load_symbols
+from ..training import lr_at as schedule
 
 DATA_DIR = Path(os.environ.get("AMDCOMPRESS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 TRAIN = str(DATA_DIR / "text8" / "train.txt")
@@ -57,7 +57,7 @@ CODING_STEPS = (25, 50, 100)  # chain lengths whose held-out ELBO the export rec
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m amdcompress.models.train_diffusion",
+    p = argparse.ArgumentParser(prog="python -m amdcompress.models.diffusion.train",
                                 description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=TRAIN, help="training text (text8 alphabet)")
@@ -143,7 +143,7 @@ def evaluate(model: Denoiser, valid: torch.Tensor, steps_list=(None,), samples: 
 def export(ckpt_path: str, weights_dir: str | None = None, eval_chars: int = 0, valid_path: str = VALID,
            threads: int = 1, note: str = "", command: str | None = None) -> dict:
     """Write the EMA weights of a checkpoint (or a weights file) as the shipped model, and its record."""
-    from . import registry
+    from .. import registry
 
     cfg, _, ema_sd, _, _, hist = load_start(ckpt_path)
     ema_sd = registry.compact_state_dict(ema_sd)  # shipped as float16; the evaluation below is of exactly these
@@ -203,7 +203,7 @@ def export(ckpt_path: str, weights_dir: str | None = None, eval_chars: int = 0, 
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    command = "python -m amdcompress.models.train_diffusion " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
+    command = "python -m amdcompress.models.diffusion.train " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
     if a.export:
         if not a.resume:
             raise SystemExit("--export needs --resume CHECKPOINT")

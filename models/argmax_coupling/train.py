@@ -1,8 +1,8 @@
 """Train the coupling-prior Argmax Flow (:mod:`.argmax_coupling`) on text8, and export weights.
 
-    python -m amdcompress.models.train_argmax_coupling --minutes 45 --threads 1
-    python -m amdcompress.models.train_argmax_coupling --resume runs/argmax_coupling/last.pt --minutes 60
-    python -m amdcompress.models.train_argmax_coupling --export runs/argmax_coupling/best.pt
+    python -m amdcompress.models.argmax_coupling.train --minutes 45 --threads 1
+    python -m amdcompress.models.argmax_coupling.train --resume runs/argmax_coupling/last.pt --minutes 60
+    python -m amdcompress.models.argmax_coupling.train --export runs/argmax_coupling/best.pt
         # -> models/weights/argmax-coupling-v1.{pt,json}
 
 Training: negative ELBO in bits per character (one reparameterized q sample),
@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .argmax_coupling import ArgmaxCouplingFlow, CouplingConfig, chunked_nelbo_bits, count_params
-from .training import (BudgetedTraining, load_text_symbols, save_weights, start_from, text_trainer_parser,
+from .network import ArgmaxCouplingFlow, CouplingConfig, chunked_nelbo_bits, count_params
+from ..training import (BudgetedTraining, load_text_symbols, save_weights, start_from, text_trainer_parser,
                        text_weights_record, write_record)
 
-MODULE = "python -m amdcompress.models.train_argmax_coupling"
+MODULE = "python -m amdcompress.models.argmax_coupling.train"
 
 
 def evaluate(model: ArgmaxCouplingFlow, sym: np.ndarray, seed: int = 1234) -> dict:
@@ -72,7 +72,7 @@ def train(args) -> dict:
 def export(args) -> None:
     """Checkpoint -> weights file (config, float32 state dict, q coding tables)
     + JSON record (provenance, held-out ELBO, sha256)."""
-    from .argmax_coupling_coding import build_tables
+    from .coding import build_tables
 
     torch.set_num_threads(args.threads)
     ck = torch.load(args.export, map_location="cpu", weights_only=False)

@@ -1,11 +1,11 @@
 """Train the Integer Discrete Flow on CIFAR-style uint8 batches.
 
-    python -m amdcompress.models.train_idf --threads 1 --minutes 110
-    python -m amdcompress.models.train_idf --resume runs/idf/last.pt --minutes 60
-    python -m amdcompress.models.train_idf --resume runs/idf/last.pt --export
-    python -m amdcompress.models.train_idf --resume MODEL_WITHOUT_CASCADE.pt --top-groups 4 \
+    python -m amdcompress.models.idf.train --threads 1 --minutes 110
+    python -m amdcompress.models.idf.train --resume runs/idf/last.pt --minutes 60
+    python -m amdcompress.models.idf.train --resume runs/idf/last.pt --export
+    python -m amdcompress.models.idf.train --resume MODEL_WITHOUT_CASCADE.pt --top-groups 4 \
         --train-only top_cascade. --lr 5e-4 --half-life 1e12 --minutes 14
-    python -m amdcompress.models.train_idf --resume MODEL.pt --context-level 0 \
+    python -m amdcompress.models.idf.train --resume MODEL.pt --context-level 0 \
         --train-only contexts. --minutes 50
 
 The last two forms grow a trained model by a top cascade
@@ -40,10 +40,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .datasets import shared_data_dir
-from .idf import IDF, count_params, make_config, to_input
-from .training import EMA, RunLog, atomic_save, pick_device, write_record
-from .training import lr_at as schedule
+from ..datasets import shared_data_dir
+from .network import IDF, count_params, make_config, to_input
+from ..training import EMA, RunLog, atomic_save, pick_device, write_record
+from ..training import lr_at as schedule
 
 DATA = str(shared_data_dir() / "cifar10" / "train.npy")
 TEST = str(shared_data_dir() / "cifar10" / "test.npy")
@@ -51,7 +51,7 @@ WEIGHTS_NAME = "idf-v3"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m amdcompress.models.train_idf", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m amdcompress.models.idf.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=DATA, help="training batch (N, H, W, 3) uint8 .npy")
     p.add_argument("--test-data", default=TEST, help="held-out batch for evaluation")
     p.add_argument("--out", default="runs/idf", help="checkpoint and log folder")
@@ -139,7 +139,7 @@ def load_grown(model: IDF, state: dict) -> None:
 
 def export(ckpt_path: str, weights_dir: Path | None = None, command: str | None = None) -> dict:
     """Write the EMA weights + config of a checkpoint as the shipped model, and its record."""
-    from . import registry
+    from .. import registry
 
     obj = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     if "ema" not in obj:
@@ -180,7 +180,7 @@ def export(ckpt_path: str, weights_dir: Path | None = None, command: str | None 
         "test_bpd_is": "EMA weights, model NLL on the held-out batch (not coded size)",
         "command": hist.get("command"),
         "earlier_commands": hist.get("earlier_commands", []),
-        "export_command": command or " ".join(["python -m amdcompress.models.train_idf"] + sys.argv[1:]),
+        "export_command": command or " ".join(["python -m amdcompress.models.idf.train"] + sys.argv[1:]),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     write_record(rec, wdir / entry["record"])
@@ -270,7 +270,7 @@ def main(argv=None) -> int:
         "device": f"{device.type}" + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else
                                       f" ({platform.processor() or platform.machine()})"),
         "threads": a.threads, "train_images": int(len(train)),
-        "command": "python -m amdcompress.models.train_idf " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m amdcompress.models.idf.train " + " ".join(sys.argv[1:] if argv is None else argv),
     })
     log(f"start: step {step}, {elapsed / 60:.1f} min trained, params {count_params(model)}, "
         f"device {device}, threads {a.threads}, batch {a.batch}, train {train.shape}, test {test.shape}")
@@ -358,7 +358,7 @@ def main(argv=None) -> int:
     checkpoint(out / "last.pt")
     log(f"done: step {step}, {elapsed / 60:.1f} min trained in total, test bpd {bpd:.4f}")
     if a.export_at_end:
-        from . import registry
+        from .. import registry
 
         shipped = None
         if registry.available(WEIGHTS_NAME):

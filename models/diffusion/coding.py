@@ -1,7 +1,7 @@
 """Exact bits-back coding of text along the multinomial diffusion chain.
 
 For a chain t_0 = 0 < t_1 < ... < t_S = T (S = ``steps``, any subset of the
-model's T training steps; :func:`amdcompress.models.diffusion.chain`), with the
+model's T training steps; :func:`amdcompress.models.diffusion.network.chain`), with the
 composed forward transitions q(x_{t_i} | x_{t_{i-1}}) and the model's reverse
 steps p(x_{t_{i-1}} | x_{t_i}) (:mod:`.diffusion`)::
 
@@ -66,10 +66,10 @@ import torch
 
 from amdcompress.codecs import Categorical, Message, Uniform, det_exp, quantize_weights
 from amdcompress.codecs.core import information_bits
-from amdcompress.errors import AmdError
+from amdcompress.codecs.errors import AmdError
 
-from .determinism import coding_mode
-from .diffusion import CHUNK, K, Denoiser, chain
+from ..determinism import coding_mode
+from .network import CHUNK, K, Denoiser, chain
 from amdcompress.codecs.varint import read_varint, write_varint
 
 VERSION = 1
@@ -302,7 +302,7 @@ class DiffusionCoder:
         if bar is not None:
             bar.close()
         if stats is not None:
-            from .diffusion import prior_kl_bits
+            from .network import prior_kl_bits
 
             stats["elbo_bits"] = stats.get("elbo_bits", 0.0) + n * prior_kl_bits(float(self.abar[-1]))
             stats.update(symbols=n, steps=steps, generations=gens)

@@ -1,8 +1,8 @@
 """Train the Argmax Flow text model (:mod:`.argmax`) on text8, and export weights.
 
-    python -m amdcompress.models.train_argmax --minutes 100 --threads 1
-    python -m amdcompress.models.train_argmax --resume runs/argmax/last.pt --minutes 160
-    python -m amdcompress.models.train_argmax --export runs/argmax/best.pt   # -> models/weights/argmax-v1.{pt,json}
+    python -m amdcompress.models.argmax.train --minutes 100 --threads 1
+    python -m amdcompress.models.argmax.train --resume runs/argmax/last.pt --minutes 160
+    python -m amdcompress.models.argmax.train --export runs/argmax/best.pt   # -> models/weights/argmax-v1.{pt,json}
 
 Training: negative ELBO in bits per character, one reparameterized sample of
 ``q``; ``--batch`` contiguous streams of the training text read in BPTT chunks
@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .argmax import ArgmaxConfig, ArgmaxFlow, START, count_params
-from .training import (BudgetedTraining, load_text_symbols, save_weights, start_from, text_trainer_parser,
+from .network import ArgmaxConfig, ArgmaxFlow, START, count_params
+from ..training import (BudgetedTraining, load_text_symbols, save_weights, start_from, text_trainer_parser,
                        text_weights_record, write_record)
 
 
@@ -111,7 +111,7 @@ def train(args) -> dict:
 def export(args) -> None:
     """Checkpoint -> models/weights/argmax-v1.pt (config, float32 state dict,
     coding tables) + argmax-v1.json (provenance, full valid ELBO, sha256)."""
-    from .argmax_coding import build_coding_tables
+    from .coding import build_coding_tables
 
     torch.set_num_threads(args.threads)
     ck = torch.load(args.export, map_location="cpu", weights_only=False)
@@ -156,7 +156,7 @@ def main(argv=None):
     p.add_argument("--window", type=int, default=32, help="grid bins per coded magnitude (the grid step 2**-b is "
                    "the finest that fits q in the window)")
     args = p.parse_args(argv)
-    args.command = " ".join(["python -m amdcompress.models.train_argmax"] + (argv if argv is not None else sys.argv[1:]))
+    args.command = " ".join(["python -m amdcompress.models.argmax.train"] + (argv if argv is not None else sys.argv[1:]))
     if args.export:
         return export(args)
     return train(args)

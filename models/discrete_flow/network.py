@@ -1,7 +1,7 @@
 """Discrete Flows (Tran et al. 2019) for text: bipartite modular flows on Z_K^D.
 
 A sequence ``x`` of ``D`` symbols in ``Z_K`` (``K = 27``: the text8 alphabet of
-:mod:`amdcompress.textstream`) goes through ``layers`` coupling layers. Layer
+:mod:`amdcompress.codecs.textstream`) goes through ``layers`` coupling layers. Layer
 ``l`` splits the positions by parity: the *conditioning* half ``a`` (positions
 ``p`` with ``p % 2 == l % 2``) is kept, the other half ``b`` becomes::
 
