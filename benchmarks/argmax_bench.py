@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from amdcompress.codecs import textstream
-from amdcompress.models.argmax.network import coding as ac
+from amdcompress.models.argmax import coding as ac
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

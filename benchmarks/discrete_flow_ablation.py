@@ -44,7 +44,7 @@ def main(argv=None) -> None:
     p.add_argument("--no-train", action="store_true", help="only summarize the runs already in --runs")
     args = p.parse_args(argv)
     args.command = "python benchmarks/discrete_flow_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    from amdcompress.models.discrete_flow.network import train as tdf
+    from amdcompress.models.discrete_flow import train as tdf
 
     depths = [int(d) for d in args.depths.split(",")]
     temps = [float(t) for t in args.temperatures.split(",")]

@@ -30,7 +30,7 @@ import torch
 
 from amdcompress.codecs import textstream
 from amdcompress.learned_discrete_flow import BACKEND
-from amdcompress.models.discrete_flow.network import coding as dc
+from amdcompress.models.discrete_flow import coding as dc
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

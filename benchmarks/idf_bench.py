@@ -83,7 +83,7 @@ def main(argv=None) -> int:
 
     import amdcompress
     from amdcompress.learned import IdfBackend
-    from amdcompress.models.idf.network import coding as idf_coding
+    from amdcompress.models.idf import coding as idf_coding
     from amdcompress.models import registry
 
     backend = IdfBackend()

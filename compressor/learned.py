@@ -70,7 +70,7 @@ class IdfBackend:
         return a.shape[3] == 3 and a.shape[1] * a.shape[2] <= MAX_PIXELS and self.available()
 
     def encode(self, data: Data, progress=None, checksum: int | None = None) -> bytes:
-        from amdcompress.models.idf.network import coding as idf_coding
+        from amdcompress.models.idf import coding as idf_coding
 
         if not self.accepts(data):
             raise AmdError("idf codes RGB images only")
@@ -90,14 +90,14 @@ class IdfBackend:
         return shape, batch
 
     def decode(self, payload: bytes, kind: int, shape, progress=None) -> np.ndarray:
-        from amdcompress.models.idf.network import coding as idf_coding
+        from amdcompress.models.idf import coding as idf_coding
 
         shape, batch = self._batch_shape(kind, shape)
         return idf_coding.decode(self.model(), payload, batch, progress).reshape(shape)
 
     def decode_checked(self, payload: bytes, kind: int, shape, progress=None) -> tuple[np.ndarray, int]:
         """Inverse of :meth:`encode_checked`: the array and the CRC the stream carried."""
-        from amdcompress.models.idf.network import coding as idf_coding
+        from amdcompress.models.idf import coding as idf_coding
 
         shape, batch = self._batch_shape(kind, shape)
         out, crc = idf_coding.decode_checked(self.model(), payload, batch, progress)

@@ -61,8 +61,8 @@ class DiffusionBackend(TextModelBackend):
 
     def load(self, path: Path, sha256: str):
         """A :class:`DiffusionCoder` around the (float32, eval-mode) denoiser."""
-        from amdcompress.models.diffusion.network import network as diffusion
-        from amdcompress.models.diffusion.network import coding as diffusion_coding
+        from amdcompress.models.diffusion import network as diffusion
+        from amdcompress.models.diffusion import coding as diffusion_coding
         from amdcompress.models import registry
 
         return diffusion_coding.DiffusionCoder(diffusion.model_from_weights(registry.read_weights(path)))

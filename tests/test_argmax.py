@@ -14,7 +14,7 @@ import torch
 from amdcompress.codecs import Message
 from amdcompress.codecs.errors import AmdError
 from amdcompress.formats import BYTES, Data
-from amdcompress.models.argmax.network import coding as ac
+from amdcompress.models.argmax import coding as ac
 from amdcompress.models.argmax.network import (
     ArgmaxConfig,
     ArgmaxFlow,
@@ -283,7 +283,7 @@ def test_backend_registered():
 
 # -- training --------------------------------------------------------------------------
 def test_training_script_runs_and_exports(tmp_path):
-    from amdcompress.models.argmax.network import train as train_argmax
+    from amdcompress.models.argmax import train as train_argmax
 
     data = tmp_path / "train.txt"
     data.write_bytes(TEXT * 300)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from amdcompress.codecs.errors import AmdError
 from amdcompress.formats import BYTES, Data
-from amdcompress.models.argmax_coupling.network import coding as acc
+from amdcompress.models.argmax_coupling import coding as acc
 from amdcompress.models.argmax_coupling.network import (
     WARMUP_FIRST,
     ArgmaxCouplingFlow,
@@ -257,7 +257,7 @@ def test_backend_registered_and_api_round_trip(weights_file, monkeypatch):
 
 # -- training --------------------------------------------------------------------------------
 def test_training_script_runs_and_exports(tmp_path):
-    from amdcompress.models.argmax_coupling.network import train as tr
+    from amdcompress.models.argmax_coupling import train as tr
 
     data = tmp_path / "train.txt"
     data.write_bytes(TEXT * 300)

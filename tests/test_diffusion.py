@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from amdcompress import AmdError, api, backends, formats
-from amdcompress.models.diffusion.network import network as D
-from amdcompress.models.diffusion.network import coding as DC
+from amdcompress.models.diffusion import network as D
+from amdcompress.models.diffusion import coding as DC
 
 TINY = {"T": 20, "d": 32, "layers": 1, "heads": 2, "ff": 64, "conv": 3}
 
@@ -170,8 +170,8 @@ def test_corrupt_streams_raise(tiny):
 _PROC = r"""
 import sys, numpy as np, torch
 torch.set_num_threads(4)  # the coder must pin its own thread count
-from amdcompress.models.diffusion.network import network as D
-from amdcompress.models.diffusion.network import coding as DC
+from amdcompress.models.diffusion import network as D
+from amdcompress.models.diffusion import coding as DC
 obj = torch.load(sys.argv[2], weights_only=True)
 m = D.model_from_weights(obj)
 coder = DC.DiffusionCoder(m, block=3)
@@ -218,7 +218,7 @@ def test_train_script_resume_and_export(tmp_path):
     import json
 
     from amdcompress.models import registry
-    from amdcompress.models.diffusion.network import train as train_diffusion
+    from amdcompress.models.diffusion import train as train_diffusion
 
     text = bytes(np.frombuffer(b" abcdefghijklmnopqrstuvwxyz", np.uint8)[text_symbols(4096, seed=5)])
     (tmp_path / "train.txt").write_bytes(text)
@@ -295,7 +295,8 @@ def test_backend_through_the_container_and_steps_setting(backend, monkeypatch):
     monkeypatch.setenv("AMDCOMPRESS_DIFFUSION_STEPS", "4")
     blob = api.compress(raw, model="diffusion")
     monkeypatch.delenv("AMDCOMPRESS_DIFFUSION_STEPS")
-    from amdcompress import container, textstream
+    from amdcompress import container
+    from amdcompress.codecs import textstream
 
     _, payload = container.unpack(blob)
     assert DC.stream_steps(textstream.unpack(payload)[0]) == 4

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from amdcompress import api
 from amdcompress.codecs.errors import AmdError
 from amdcompress.formats import BYTES, Data
-from amdcompress.models.discrete_flow.network import coding as dc
+from amdcompress.models.discrete_flow import coding as dc
 from amdcompress.models.datasets import shared_data_dir
 from amdcompress.models.discrete_flow.network import (
     DiscreteFlow,
@@ -314,7 +314,7 @@ def test_coupling_learns_what_a_factorized_base_cannot():
 
 
 def test_training_script_runs_resumes_and_exports(tmp_path):
-    from amdcompress.models.discrete_flow.network import train as tdf
+    from amdcompress.models.discrete_flow import train as tdf
 
     data = tmp_path / "train.txt"
     data.write_bytes(TEXT * 200)

@@ -17,7 +17,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from amdcompress.models.idf.network import coding as idf_coding
+from amdcompress.models.idf import coding as idf_coding
 from amdcompress.models import registry
 from amdcompress.models.datasets import shared_data_dir
 from amdcompress.models.idf.network import IDF, Coupling, make_config, squeeze, to_input, unsqueeze
@@ -195,7 +195,7 @@ def test_coding_rejects_corrupt_payload():
 _CHILD = textwrap.dedent("""
     import sys, numpy as np, torch
     from amdcompress.models.idf.network import IDF
-    from amdcompress.models.idf.network import coding as idf_coding
+    from amdcompress.models.idf import coding as idf_coding
     weights, images, payload_out, payload_in, decoded_out = sys.argv[1:]
     obj = torch.load(weights, weights_only=True)
     m = IDF(obj["config"]); m.load_state_dict(obj["state_dict"]); m.eval()
@@ -253,7 +253,7 @@ def test_short_training_lowers_loss():
 
 
 def test_lr_warms_up_again_after_a_fresh_optimizer():
-    from amdcompress.models.idf.network import train as train_idf
+    from amdcompress.models.idf import train as train_idf
 
     a = train_idf.parse_args(["--warmup", "100", "--lr", "1e-3", "--half-life", "1e12"])
     assert train_idf.lr_at(5000, a) == pytest.approx(1e-3)
@@ -263,7 +263,7 @@ def test_lr_warms_up_again_after_a_fresh_optimizer():
 
 
 def test_train_script_resume_and_export(tmp_path):
-    from amdcompress.models.idf.network import train as train_idf
+    from amdcompress.models.idf import train as train_idf
 
     np.save(tmp_path / "train.npy", images(16, 16, 16))
     np.save(tmp_path / "test.npy", images(4, 16, 16, seed=20))

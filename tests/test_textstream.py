@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from amdcompress import AmdError, textstream
+from amdcompress import AmdError
+from amdcompress.codecs import textstream
 
 
 @given(raw=st.binary(max_size=2000) | st.text(max_size=500).map(lambda s: s.encode("utf-8")))
