@@ -40,38 +40,45 @@ class Info:
         return d
 
 
-def _encode(backend, data: formats.Data, crc: int, progress: Callable | None) -> bytes:
-    """Encode and frame; ``crc`` is the CRC-32 of ``data.array``. A backend with
-    ``encode_checked`` carries it in its payload (the container then leaves its
-    CRC field out)."""
-    if hasattr(backend, "encode_checked"):
-        payload, crc_field = backend.encode_checked(data, crc, progress), None
+def _encode(backend, data: formats.Data, crc: int, progress: Callable | None, options: dict) -> bytes:
+    """Encode and frame; ``crc`` is the CRC-32 of ``data.array``. A backend that
+    declares ``checksum_in_payload`` carries it in its payload (the container
+    then leaves its CRC field out). ``options``: those the backend declares."""
+    opts = {k: v for k, v in options.items() if k in backend.options}
+    if backend.checksum_in_payload:
+        payload, crc_field = backend.encode(data, progress, checksum=crc, **opts), None
     else:
-        payload, crc_field = backend.encode(data, progress), crc
+        payload, crc_field = backend.encode(data, progress, **opts), crc
     header = container.Header(backend.codec_id, backend.weights_tag(), data.kind, data.array.shape,
                               crc_field, len(payload))
     return container.pack(header, payload)
 
 
-def compress(raw: bytes, model: str = AUTO, progress: Callable | None = None) -> bytes:
+def compress(raw: bytes, model: str = AUTO, progress: Callable | None = None, *, steps: int | None = None) -> bytes:
     """Compress file bytes with ``model`` (a backend name, or ``auto``: every
     available backend that accepts the input for auto is tried and the smallest
-    file kept, so auto is never worse than the classical fallbacks)."""
+    file kept, so auto is never worse than the classical fallbacks).
+
+    Model options (``None``: the model's default; recorded in the file, so
+    decoding needs none): ``steps``, the chain steps of a diffusion model."""
+    options = {k: v for k, v in {"steps": steps}.items() if v is not None}
     data = formats.sniff(bytes(raw))
     crc = container.crc32(np.ascontiguousarray(data.array).tobytes())
     if model != AUTO:
         backend = backends.by_name(model)
+        unknown = set(options) - set(backend.options)
+        if unknown:
+            raise AmdError(f"model {model!r} has no option {', '.join(sorted(unknown))}")
         if not backend.accepts(data):
             raise AmdError(f"model {model!r} does not accept {formats.KIND_NAMES[data.kind]} input "
                            f"of shape {data.array.shape}")
-        return _encode(backend, data, crc, progress)
+        return _encode(backend, data, crc, progress, options)
     best = None
     for backend in backends.all_backends():
-        # a backend may narrow what auto tries (e.g. a model too slow to try on spec)
-        if not getattr(backend, "auto_accepts", backend.accepts)(data):
+        if not backend.auto_accepts(data):
             continue
         try:
-            blob = _encode(backend, data, crc, progress)
+            blob = _encode(backend, data, crc, progress, options)
         except AmdError:
             continue  # e.g. a model that cannot code this particular input
         if best is None or len(blob) < len(best):
@@ -86,17 +93,14 @@ def decompress(blob: bytes, progress: Callable | None = None) -> bytes:
     or handed back by the codec when its payload carries it)."""
     header, payload = container.unpack(bytes(blob))
     backend = backends.by_id(header.codec_id)
-    installed = backend.weights_tag()[: len(header.weights_tag)]
-    if installed != header.weights_tag:
-        raise AmdError(f"file was made with other weights of model {backend.name!r} "
-                       f"({header.weights_tag.hex()}, installed {installed.hex()})")
-    if header.checksum_in_payload and not hasattr(backend, "decode_checked"):
+    backend.check_weights(header.weights_tag)
+    if header.checksum_in_payload and not backend.checksum_in_payload:
         raise AmdError(f"corrupt header: model {backend.name!r} does not carry checksums in its payload")
     try:
         if header.checksum_in_payload:
-            array, crc = backend.decode_checked(payload, header.kind, header.shape, progress)
+            array, crc = backend.decode_checked(payload, header.kind, header.shape, progress, header.weights_tag)
         else:
-            array, crc = backend.decode(payload, header.kind, header.shape, progress), header.crc32
+            array, crc = backend.decode(payload, header.kind, header.shape, progress, header.weights_tag), header.crc32
     except AmdError:
         raise
     except (ValueError, IndexError, OverflowError) as e:
@@ -120,7 +124,7 @@ def info(blob: bytes) -> Info:
         name = backend.name
     except AmdError:
         backend, name = None, f"unknown (id {header.codec_id})"
-    if backend is not None and hasattr(backend, "details"):
+    if backend is not None:
         try:
             details = backend.details(payload, header.shape)
         except AmdError as e:

@@ -6,9 +6,9 @@ assigned here by hand and never reused:
     0 store   1 lzma   2 jxl          (classical, always available)
     16 idf   17 diffusion   18 argmax   19 discrete-flow   20 argmax-coupling   (learned models)
 
-Learned models register themselves through :func:`register` when their
-module is importable; the classical ones guarantee that every input kind
-round-trips even with no model installed.
+Learned models are the entries of :mod:`amdcompress.models.registry`, each
+served by one :class:`~.learned.LearnedBackend`; the classical ones guarantee
+that every input kind round-trips even with no model installed.
 """
 from __future__ import annotations
 
@@ -38,58 +38,70 @@ class Backend(Protocol):
     codec_id: int
     learned: bool
     description: str
+    options: tuple[str, ...]      # keyword options ``encode`` takes (e.g. "steps")
+    checksum_in_payload: bool     # encode takes ``checksum=`` and decode_checked hands it back;
+                                  # the container then leaves its CRC field out
 
     def weights_tag(self) -> bytes: ...
+    def check_weights(self, tag: bytes) -> None: ...   # AmdError unless a file's tag can be decoded here
     def accepts(self, data: Data) -> bool: ...
-    # optional: ``auto_accepts(data) -> bool`` narrows what ``--model auto`` tries
-    # (default: accepts), e.g. for a model too slow to try speculatively.
-    def encode(self, data: Data, progress: Callable[[int], Progress] | None = None) -> bytes: ...
+    def auto_accepts(self, data: Data) -> bool: ...    # what ``--model auto`` tries (a subset of accepts)
+    def encode(self, data: Data, progress: Callable[[int], Progress] | None = None, **options) -> bytes: ...
     def decode(self, payload: bytes, kind: int, shape: tuple[int, ...],
-               progress: Callable[[int], Progress] | None = None) -> np.ndarray: ...
-    # optional pair: ``encode_checked(data, crc, progress) -> bytes`` carries the
-    # CRC-32 inside the payload and ``decode_checked(payload, kind, shape,
-    # progress) -> (array, crc)`` hands it back; the container then leaves its
-    # CRC field out (compressor/api.py uses them when present).
+               progress: Callable[[int], Progress] | None = None, weights_tag: bytes | None = None) -> np.ndarray: ...
+    def details(self, payload: bytes, shape: tuple[int, ...]) -> dict: ...  # facts for ``info``
 
 
-class Store:
-    """The raw bytes: the floor that no input can exceed (plus the header)."""
+class Classical:
+    """What the classical backends share: no weights, no options, no checksum in the payload."""
 
-    name, codec_id, learned = "store", 0, False
-    description = "no compression (raw bytes)"
+    learned = False
+    options: tuple[str, ...] = ()
+    checksum_in_payload = False
 
     def weights_tag(self) -> bytes:
         return NO_WEIGHTS
 
+    def check_weights(self, tag: bytes) -> None:
+        if any(tag):
+            raise AmdError(f"corrupt header: codec {self.name!r} has no weights (tag {tag.hex()})")
+
     def accepts(self, data: Data) -> bool:
         return True
+
+    def auto_accepts(self, data: Data) -> bool:
+        return self.accepts(data)
+
+    def details(self, payload: bytes, shape) -> dict:
+        return {}
+
+
+class Store(Classical):
+    """The raw bytes: the floor that no input can exceed (plus the header)."""
+
+    name, codec_id = "store", 0
+    description = "no compression (raw bytes)"
 
     def encode(self, data: Data, progress=None) -> bytes:
         return np.ascontiguousarray(data.array).tobytes()
 
-    def decode(self, payload: bytes, kind: int, shape, progress=None) -> np.ndarray:
+    def decode(self, payload: bytes, kind: int, shape, progress=None, weights_tag=None) -> np.ndarray:
         if len(payload) != int(np.prod(shape)):
             raise AmdError("corrupt payload: wrong length")
         return np.frombuffer(payload, dtype=np.uint8).reshape(shape)
 
 
-class Lzma:
+class Lzma(Classical):
     """Raw LZMA2 stream (xz -9e without xz's own framing: the container frames it)."""
 
-    name, codec_id, learned = "lzma", 1, False
+    name, codec_id = "lzma", 1
     description = "classical fallback for any data: LZMA2 at preset 9e"
     _FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
-
-    def weights_tag(self) -> bytes:
-        return NO_WEIGHTS
-
-    def accepts(self, data: Data) -> bool:
-        return True
 
     def encode(self, data: Data, progress=None) -> bytes:
         return lzma.compress(np.ascontiguousarray(data.array).tobytes(), format=lzma.FORMAT_RAW, filters=self._FILTERS)
 
-    def decode(self, payload: bytes, kind: int, shape, progress=None) -> np.ndarray:
+    def decode(self, payload: bytes, kind: int, shape, progress=None, weights_tag=None) -> np.ndarray:
         n = int(np.prod(shape))
         try:
             d = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=self._FILTERS)
@@ -101,15 +113,12 @@ class Lzma:
         return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
 
 
-class JpegXl:
+class JpegXl(Classical):
     """JPEG-XL lossless (libjxl through imagecodecs). A batch is coded as one
     strip image (the images stacked vertically)."""
 
-    name, codec_id, learned = "jxl", 2, False
+    name, codec_id = "jxl", 2
     description = "classical fallback for images: JPEG-XL lossless (effort 9; 10 for batches)"
-
-    def weights_tag(self) -> bytes:
-        return NO_WEIGHTS
 
     def accepts(self, data: Data) -> bool:
         if not data.is_image:
@@ -142,7 +151,7 @@ class JpegXl:
             raise AmdError("JPEG-XL round trip failed")
         return bytes(out)
 
-    def decode(self, payload: bytes, kind: int, shape, progress=None) -> np.ndarray:
+    def decode(self, payload: bytes, kind: int, shape, progress=None, weights_tag=None) -> np.ndarray:
         import imagecodecs
 
         try:
@@ -170,16 +179,13 @@ for _b in (Store(), Lzma(), JpegXl()):
 
 
 def _load_learned() -> None:
-    """Import the learned-model backends that are installed (each registers itself)."""
-    import importlib
+    """One backend per registry entry (imports no torch until a model is used)."""
+    from amdcompress.models import registry
 
-    for mod in ("amdcompress.learned", "amdcompress.learned_text", "amdcompress.learned_diffusion",
-                "amdcompress.learned_discrete_flow", "amdcompress.learned_argmax_coupling"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
+    from .learned import LearnedBackend
+
+    for entry in registry.MODELS.values():
+        register(LearnedBackend(entry))
 
 
 _loaded = False

@@ -1,66 +1,146 @@
-"""Shipped model weights by name, checked by full SHA-256 before use.
+"""What this installation has: every learned model, its codec id, what it
+codes, the module that codes it, and every weights version that ever shipped.
 
-Each entry names a weights file in ``models/weights/`` and its JSON record
-(written by the exporter, e.g. ``python -m amdcompress.models.idf.train
---export``), which holds the file's SHA-256 and how it was trained. Loading
-recomputes the hash and refuses a file that does not match its record. The
-container stores :func:`weights_tag` (the first 4 bytes of the hash), so a
-file made with other weights is refused with a clear message.
+This table is the single source: the backends in ``compressor/`` are built
+from it, ``amdcompress models`` lists it, and the container's weights tag is
+resolved against it. Guarantees:
+
+* a codec id is never reused or renumbered (``.amd`` files store it);
+* a weights version, once shipped, keeps its file name and SHA-256 here
+  forever, so files made with it stay decodable wherever its file is
+  installed (``models/weights/<name>.pt``, checked by full SHA-256 before
+  use); a file whose version is missing gets a one-line error naming it;
+* the first version of a model is the one new files are written with.
+
+Adding a model: its folder ``models/<name>/`` (``network.py``, ``coding.py``,
+``train.py``) and one :class:`Model` entry below. A coding module offers the
+face the generic backend (:mod:`amdcompress.learned`) calls::
+
+    load(weights: dict) -> state                      # weights: read_weights()
+    compress(state, x, *, progress=None, stats=None, **options) -> bytes
+    decompress(state, payload, shape, *, progress=None) -> x
+    details(payload) -> dict                          # if the entry says details=True
+
+``x`` is a uint8 (N, H, W, C) batch for ``data="image"`` models and the
+int array of text symbols (0..26, :mod:`amdcompress.codecs.textstream`) for
+``data="text"`` ones, whose escapes the backend handles. A model that carries
+the container's checksum in its stream (``checksum_in_payload``) takes
+``checksum=`` in ``compress`` and offers ``decompress_checked`` returning
+``(x, checksum)``.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from amdcompress.codecs.errors import AmdError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
-# name -> architecture, weights file, record file (all in WEIGHTS_DIR).
-MODELS: dict[str, dict[str, str]] = {
-    "idf-v3": {"arch": "idf", "file": "idf-v3.pt", "record": "idf-v3.json"},
-    "argmax-v1": {"arch": "argmax", "file": "argmax-v1.pt", "record": "argmax-v1.json"},
-    "diffusion-v1": {"arch": "diffusion", "file": "diffusion-v1.pt", "record": "diffusion-v1.json"},
-    "discrete-flow-v1": {"arch": "discrete-flow", "file": "discrete-flow-v1.pt", "record": "discrete-flow-v1.json"},
-    "argmax-coupling-v1": {"arch": "argmax-coupling", "file": "argmax-coupling-v1.pt",
-                           "record": "argmax-coupling-v1.json"},
-}
+
+@dataclass(frozen=True)
+class Weights:
+    """One shipped weights version: ``WEIGHTS_DIR/<name>.pt`` and its record ``<name>.json``."""
+
+    name: str
+    sha256: str
+
+    @property
+    def file(self) -> str:
+        return f"{self.name}.pt"
+
+    @property
+    def record(self) -> str:
+        return f"{self.name}.json"
+
+    def matches(self, tag: bytes) -> bool:
+        """True if a container's weights tag (a prefix of the SHA-256) names these weights."""
+        return len(tag) > 0 and bytes.fromhex(self.sha256).startswith(tag)
 
 
-def _entry(name: str) -> dict[str, str]:
+@dataclass(frozen=True)
+class Model:
+    """A learned model as the backends see it (see the module docstring)."""
+
+    name: str
+    codec_id: int
+    data: str                       # "image" or "text"
+    coding: str                     # module with load/compress/decompress
+    weights: tuple[Weights, ...]    # newest first: weights[0] writes new files
+    description: str
+    auto: bool = False              # whether ``--model auto`` tries it
+    checksum_in_payload: bool = False
+    details: bool = False           # whether the coding module has details(payload) for ``info``
+    options: dict = field(default_factory=dict)  # name -> help, e.g. {"steps": "..."}
+
+
+MODELS: dict[str, Model] = {m.name: m for m in (
+    Model("idf", 16, "image", "amdcompress.models.idf.coding",
+          (Weights("idf-v3", "57421c7a41bea4c4eec74a3558a2aa84ed86413f4d4f68495e4f5ea019c10538"),
+           Weights("idf-v2", "61194378142537dcb1220976ef349d2f3f6867a34e9149ddec7cebe1c982d2af")),
+          "Integer Discrete Flow (3 levels, logistic-mixture priors): RGB images and batches",
+          auto=True, checksum_in_payload=True),
+    Model("diffusion", 17, "text", "amdcompress.models.diffusion.coding",
+          (Weights("diffusion-v1", "6a4726ea4622268586266a2c81831ddd62a8fc83a236042c467c6d1906524eda"),),
+          "text: multinomial diffusion (Hoogeboom et al. 2021), bits-back along the chain", details=True,
+          # not tried by auto: ~60-200 chars/s at 100 steps, and larger files than argmax
+          options={"steps": "chain steps to code with (1..T; default $AMDCOMPRESS_DIFFUSION_STEPS or 100)"}),
+    Model("argmax", 18, "text", "amdcompress.models.argmax.coding",
+          (Weights("argmax-v1", "4cd7125cebebb5b59d13550155c12278b1f03f2a4977cfbcf8ac4e9d9261f0cd"),),
+          "learned text model: Argmax Flow (LSTM + autoregressive flow prior), bits-back ANS", auto=True),
+    Model("discrete-flow", 19, "text", "amdcompress.models.discrete_flow.coding",
+          (Weights("discrete-flow-v1", "25007bf663bedf4ae62fef18502e131f95275c48a5a74448b398662f17a19e0e"),),
+          # not tried by auto: larger files than argmax and PPMd on text8 (benchmarks/results/discrete_flow.json)
+          "learned text model: Discrete Flow (bipartite modular couplings + base), exact ANS"),
+    Model("argmax-coupling", 20, "text", "amdcompress.models.argmax_coupling.coding",
+          (Weights("argmax-coupling-v1", "48688fe8eff4f246616e482dda07a1364e120638b776197061a5aeccc5f3cfe1"),),
+          # not tried by auto: argmax codes smaller files
+          "learned text model: Argmax Flow with a grid-exact coupling-flow prior, bits-back ANS"),
+)}
+
+
+def model(name: str) -> Model:
     try:
         return MODELS[name]
     except KeyError:
-        raise AmdError(f"unknown weights {name!r} (known: {', '.join(MODELS)})") from None
+        raise AmdError(f"unknown model {name!r} (known: {', '.join(MODELS)})") from None
 
 
-def weights_path(name: str) -> Path:
-    return WEIGHTS_DIR / _entry(name)["file"]
+def weights(name: str) -> Weights:
+    """The shipped weights version called ``name`` (e.g. ``idf-v3``)."""
+    for m in MODELS.values():
+        for w in m.weights:
+            if w.name == name:
+                return w
+    known = ", ".join(w.name for m in MODELS.values() for w in m.weights)
+    raise AmdError(f"unknown weights {name!r} (known: {known})")
 
 
-def record_path(name: str) -> Path:
-    return WEIGHTS_DIR / _entry(name)["record"]
+def weights_path(name: str, directory: Path | None = None) -> Path:
+    return (directory or WEIGHTS_DIR) / f"{name}.pt"
 
 
-def available(name: str) -> bool:
-    """True if both the weights file and its record are installed."""
-    return weights_path(name).is_file() and record_path(name).is_file()
+def record_path(name: str, directory: Path | None = None) -> Path:
+    return (directory or WEIGHTS_DIR) / f"{name}.json"
 
 
-def record(name: str) -> dict:
-    """The JSON record of shipped weights (training data, steps, bpd, sha256)."""
-    p = record_path(name)
+def available(name: str, directory: Path | None = None) -> bool:
+    """True if the weights file ``name`` is installed."""
+    return weights_path(name, directory).is_file()
+
+
+def record(name: str, directory: Path | None = None) -> dict:
+    """The JSON record of shipped weights (training data, steps, held-out numbers, sha256)."""
+    p = record_path(name, directory)
     try:
-        rec = json.loads(p.read_text())
+        return json.loads(p.read_text())
     except FileNotFoundError:
-        raise AmdError(f"weights record {p.name} of model {name!r} is not installed") from None
+        raise AmdError(f"weights record {p.name} is not installed") from None
     except (OSError, ValueError) as e:
         raise AmdError(f"weights record {p.name} is unreadable ({e})") from None
-    sha = rec.get("sha256")
-    if not isinstance(sha, str) or len(sha) != 64:
-        raise AmdError(f"weights record {p.name} has no valid sha256")
-    return rec
 
 
 def sha256_file(path: Path) -> str:
@@ -71,35 +151,23 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def expected_sha256(name: str) -> str:
-    return record(name)["sha256"]
-
-
-def weights_tag(name: str) -> bytes:
-    """The 4-byte tag written into .amd files: sha256[:4] of the weights file."""
-    return bytes.fromhex(expected_sha256(name))[:4]
-
-
-def verified_bytes(name: str) -> bytes:
-    """The weights file's bytes after checking their full SHA-256 against the record."""
-    expected = expected_sha256(name)
-    p = weights_path(name)
+def verified_bytes(w: Weights, directory: Path | None = None) -> bytes:
+    """The bytes of weights ``w`` after checking their full SHA-256 (one read, one hash)."""
+    p = weights_path(w.name, directory)
     try:
         raw = p.read_bytes()
     except FileNotFoundError:
-        raise AmdError(f"weights file {p.name} of model {name!r} is not installed") from None
+        raise AmdError(f"weights {w.name} are not installed ({p.name} missing)") from None
     actual = hashlib.sha256(raw).hexdigest()
-    if actual != expected:
+    if actual != w.sha256:
         raise AmdError(f"weights file {p.name} is corrupt or replaced: sha256 {actual[:16]}... "
-                       f"does not match its record {expected[:16]}...")
+                       f"is not the shipped {w.sha256[:16]}...")
     return raw
 
 
-def load(name: str) -> dict:
-    """Load checked weights: a dict with at least ``config`` and ``state_dict``."""
-    import io
-
-    return read_weights(io.BytesIO(verified_bytes(name)), name)
+def load(name: str, directory: Path | None = None) -> dict:
+    """Checked weights ``name``: a dict with at least ``config`` and a float32 ``state_dict``."""
+    return read_weights(io.BytesIO(verified_bytes(weights(name), directory)), name)
 
 
 def read_weights(source, name: str = "") -> dict:
@@ -109,7 +177,7 @@ def read_weights(source, name: str = "") -> dict:
 
     obj = torch.load(source, map_location="cpu", weights_only=True)
     if not isinstance(obj, dict) or "config" not in obj or "state_dict" not in obj:
-        raise AmdError(f"weights file of model {name or source!r} has an unexpected layout")
+        raise ValueError(f"weights file {name or source!r} has an unexpected layout")
     # shipped files store float16 (see compact_state_dict); models compute in float32
     obj["state_dict"] = {k: v.float() if v.dtype == torch.float16 else v for k, v in obj["state_dict"].items()}
     return obj

@@ -320,25 +320,24 @@ def decode_symbols(model: ArgmaxFlow, tables: dict, stream: bytes, progress=None
 
 
 # -- weights ----------------------------------------------------------------------
-def load_weights(path, expected_sha256: str | None = None):
-    """(model, tables, sha256 hex) from a shipped weights file; checks the sha256."""
-    import hashlib
-    from pathlib import Path
-
+def load(weights: dict):
+    """(model, coding tables) of checked weights (the face in models/registry.py)."""
     from .network import ArgmaxConfig
 
-    raw = Path(path).read_bytes()
-    sha = hashlib.sha256(raw).hexdigest()
-    if expected_sha256 is not None and sha != expected_sha256:
-        raise ValueError(f"weights file {path} has sha256 {sha[:16]}..., expected {expected_sha256[:16]}...")
-    import io
-
-    obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    model = ArgmaxFlow(ArgmaxConfig.from_dict(obj["config"]))
-    model.load_state_dict(obj["state_dict"] if "state_dict" in obj else obj["model"])
+    model = ArgmaxFlow(ArgmaxConfig.from_dict(weights["config"]))
+    model.load_state_dict(weights["state_dict"])
     model.eval()
-    tables = obj.get("coding") or build_coding_tables(model)
-    return model, tables, sha
+    return model, weights.get("coding") or build_coding_tables(model)
+
+
+def compress(state, sym: np.ndarray, *, progress=None, stats: dict | None = None) -> bytes:
+    model, tables = state
+    return encode_symbols(model, tables, sym, progress=progress, stats=stats)
+
+
+def decompress(state, stream: bytes, n: int, *, progress=None) -> np.ndarray:
+    model, tables = state
+    return decode_symbols(model, tables, stream, progress=progress, max_symbols=n)
 
 
 @torch.no_grad()

@@ -256,16 +256,19 @@ class Coder:
 
 
 # -- weights -----------------------------------------------------------------------------
-def load_weights(path, expected_sha256: str | None = None) -> tuple[Coder, str]:
-    """(coder, sha256 hex) from a weights file written by the exporter; checks
-    the sha256 when given. The model is put in eval mode, float32, CPU."""
-    raw = Path(path).read_bytes()
-    sha = hashlib.sha256(raw).hexdigest()
-    if expected_sha256 is not None and sha != expected_sha256:
-        raise ValueError(f"weights file {path} has sha256 {sha[:16]}..., expected {expected_sha256[:16]}...")
-    obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    if not isinstance(obj, dict) or "config" not in obj or "state_dict" not in obj or "coding" not in obj:
-        raise ValueError(f"weights file {path} has an unexpected layout")
-    model = ArgmaxCouplingFlow(CouplingConfig.from_dict(obj["config"]))
-    model.load_state_dict({k: v.float() for k, v in obj["state_dict"].items()})
-    return Coder(model.eval(), obj["coding"]), sha
+def load(weights: dict) -> Coder:
+    """The coder of checked weights (the face in models/registry.py); the model
+    is in eval mode, float32, CPU."""
+    if "coding" not in weights:
+        raise ValueError("argmax-coupling weights have no coding tables")
+    model = ArgmaxCouplingFlow(CouplingConfig.from_dict(weights["config"]))
+    model.load_state_dict({k: v.float() for k, v in weights["state_dict"].items()})
+    return Coder(model.eval(), weights["coding"])
+
+
+def compress(coder: Coder, sym: np.ndarray, *, progress=None, stats: dict | None = None) -> bytes:
+    return coder.encode(sym, progress=progress, stats=stats)
+
+
+def decompress(coder: Coder, stream: bytes, n: int, *, progress=None) -> np.ndarray:
+    return coder.decode(stream, progress=progress, max_symbols=n)

@@ -362,3 +362,47 @@ def stream_steps(data: bytes) -> int:
     if not data or data[0] != VERSION:
         raise AmdError("corrupt payload: unknown diffusion stream version")
     return _read_varint(bytes(data), 1)[0]
+
+
+# -- the coding face the generic backend calls (models/registry.py) -----------------
+DEFAULT_STEPS = 100
+ENV_STEPS = "AMDCOMPRESS_DIFFUSION_STEPS"
+
+
+def default_steps() -> tuple[int, str]:
+    """The chain length new files are coded with when the caller names none, and
+    where it came from: ``$AMDCOMPRESS_DIFFUSION_STEPS``, else :data:`DEFAULT_STEPS`."""
+    import os
+
+    env = os.environ.get(ENV_STEPS, "").strip()
+    if env:
+        try:
+            return int(env), ENV_STEPS
+        except ValueError:
+            raise AmdError(f"{ENV_STEPS}={env!r} is not an integer") from None
+    return DEFAULT_STEPS, "the default"
+
+
+def load(weights: dict) -> DiffusionCoder:
+    from .network import model_from_weights
+
+    return DiffusionCoder(model_from_weights(weights))
+
+
+def compress(coder: DiffusionCoder, sym: np.ndarray, *, progress=None, stats: dict | None = None,
+             steps: int | None = None) -> bytes:
+    """Symbols -> stream coded with ``steps`` chain steps (recorded in the stream,
+    so decoding needs no setting); None: :func:`default_steps`."""
+    steps, source = (int(steps), "--steps") if steps is not None else default_steps()
+    if not 1 <= steps <= coder.T:
+        raise AmdError(f"diffusion steps must be in 1..{coder.T} (got {steps} from {source})")
+    return coder.encode(sym, steps, progress=progress, stats=stats)
+
+
+def decompress(coder: DiffusionCoder, stream: bytes, n: int, *, progress=None) -> np.ndarray:
+    return coder.decode(stream, max_symbols=n, progress=progress)
+
+
+def details(stream: bytes) -> dict:
+    """The chain length the file was coded with."""
+    return {"chain_steps": stream_steps(stream)} if stream else {}

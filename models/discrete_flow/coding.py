@@ -236,19 +236,12 @@ def nll_bits(model: DiscreteFlow, sym: np.ndarray) -> float:
 
 
 # -- weights ----------------------------------------------------------------------------
-def model_from_bytes(raw: bytes) -> DiscreteFlow:
-    """Weights file bytes (config + state dict, float16 or float32) -> model in
-    eval mode, float32. Raises ValueError if the file does not fit the architecture."""
+def load(weights: dict) -> DiscreteFlow:
+    """The eval-mode, float32 model of checked weights (the face in
+    models/registry.py); ValueError if they do not fit the architecture."""
+    model = DiscreteFlow(DiscreteFlowConfig.from_dict(weights["config"]))
     try:
-        obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise ValueError(f"unreadable weights file ({type(e).__name__})") from None
-    if not isinstance(obj, dict) or "config" not in obj or "state_dict" not in obj:
-        raise ValueError("weights file has an unexpected layout")
-    model = DiscreteFlow(DiscreteFlowConfig.from_dict(obj["config"]))
-    state = {k: v.float() if v.dtype == torch.float16 else v for k, v in obj["state_dict"].items()}
-    try:
-        model.load_state_dict(state)
+        model.load_state_dict(weights["state_dict"])
     except RuntimeError as e:
         raise ValueError(f"weights do not fit the discrete-flow architecture ({str(e).splitlines()[0]})") from None
     model.eval()
@@ -257,10 +250,9 @@ def model_from_bytes(raw: bytes) -> DiscreteFlow:
     return model
 
 
-def load_weights(path, expected_sha256: str | None = None) -> tuple[DiscreteFlow, str]:
-    """(model, sha256 hex) from a weights file; checks the full sha256 when given."""
-    raw = Path(path).read_bytes()
-    sha = hashlib.sha256(raw).hexdigest()
-    if expected_sha256 is not None and sha != expected_sha256:
-        raise ValueError(f"weights file {path} has sha256 {sha[:16]}..., expected {expected_sha256[:16]}...")
-    return model_from_bytes(raw), sha
+def compress(model: DiscreteFlow, sym: np.ndarray, *, progress=None, stats: dict | None = None) -> bytes:
+    return encode_symbols(model, sym, progress=progress, stats=stats)
+
+
+def decompress(model: DiscreteFlow, stream: bytes, n: int, *, progress=None) -> np.ndarray:
+    return decode_symbols(model, stream, progress=progress, max_symbols=n)

@@ -363,3 +363,35 @@ def model_bits(model: IDF, images: np.ndarray, batch: int = 100) -> float:
                 lp = logistic_mixture_logp(p.z.double(), p.mu.double(), p.log_scale.double(), p.logit.double())
                 total += float(-lp.sum()) / math.log(2.0)
     return total
+
+
+# ---------------------------------------------------------------------------
+# the coding face the generic backend calls (models/registry.py)
+
+
+def load(weights: dict) -> IDF:
+    """The eval-mode IDF of checked weights; ValueError if they do not fit."""
+    model = IDF(weights["config"])
+    try:
+        model.load_state_dict(weights["state_dict"])
+    except RuntimeError as e:
+        raise ValueError(f"weights do not fit the IDF architecture ({str(e).splitlines()[0]})") from None
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def compress(model: IDF, images: np.ndarray, *, progress: Callable | None = None, stats: dict | None = None,
+             checksum: int | None = None) -> bytes:
+    """uint8 (N, H, W, C) -> payload (:func:`encode`)."""
+    return encode(model, images, progress, checksum=checksum)
+
+
+def decompress(model: IDF, payload: bytes, shape, *, progress: Callable | None = None) -> np.ndarray:
+    return decode(model, payload, tuple(shape), progress)
+
+
+def decompress_checked(model: IDF, payload: bytes, shape, *, progress: Callable | None = None):
+    """(images, the checksum the stream carried) (:func:`decode_checked`)."""
+    return decode_checked(model, payload, tuple(shape), progress)
