@@ -42,7 +42,8 @@ def _label(size: int, total: int) -> str:
 
 def bench_one(raw: bytes, setting: str, samples: int) -> dict:
     row, stats, backend = round_trip_row(raw, "argmax", setting)
-    model, tables, sha = backend.loaded()
+    model, tables = backend.state()
+    sha = backend.newest.sha256
     sym, _ = textstream.split(np.frombuffer(raw, dtype=np.uint8))
     torch.set_num_threads(1)
     ref = ac.lane_elbo(model, sym, samples=samples)
@@ -55,7 +56,7 @@ def bench_one(raw: bytes, setting: str, samples: int) -> dict:
         "overhead_bits_vs_info": bits - stats.get("info_bits", float("nan")),
         "initial_seed_words_touched": stats.get("initial_words_used", 0),
         "lanes": stats.get("lanes", 0),
-        "params": {"weights": backend.path.name, "sha256": sha, "elbo_samples": samples,
+        "params": {"weights": backend.newest.file, "sha256": sha, "elbo_samples": samples,
                    "torch": torch.__version__, "threads": 1,
                    "coder": "bits-back ANS (constriction 0.5.0), grid 2^-%d, window %d" % (
                        int(tables["delta_bits"]), int(tables["window"]))},
@@ -69,7 +70,7 @@ def bench_one_coupling(raw: bytes, setting: str, samples: int) -> dict:
     from amdcompress.models.argmax_coupling.network import chunked_nelbo_bits, count_params
 
     row, stats, backend = round_trip_row(raw, "argmax-coupling", setting)
-    coder, sha = backend.loaded()
+    coder, sha = backend.state(), backend.newest.sha256
     sym, _ = textstream.split(np.frombuffer(raw, dtype=np.uint8))
     torch.set_num_threads(1)
     elbo_bits = chunked_nelbo_bits(coder.model, sym, samples=samples)
@@ -84,7 +85,7 @@ def bench_one_coupling(raw: bytes, setting: str, samples: int) -> dict:
         "initial_seed_words_touched": stats.get("initial_words_used", 0),
         "chunks": stats.get("chunks", 0),
         "model_params": count_params(coder.model),
-        "params": {"weights": backend.path.name, "sha256": sha, "elbo_samples": samples,
+        "params": {"weights": backend.newest.file, "sha256": sha, "elbo_samples": samples,
                    "torch": torch.__version__, "threads": 1,
                    "coder": "bits-back ANS (constriction 0.5.0), grid 2^-%d, q window %d, chunks of %d chars, "
                             "%d couplings, base window +-%d" % (coder.db, coder.W, cfg.chunk, cfg.layers,

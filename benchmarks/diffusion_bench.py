@@ -45,10 +45,7 @@ TEXT_FILE = "text8/valid.txt"
 
 
 def bench_one(raw: bytes, steps: int, setting: str, weights: dict) -> dict:
-    from amdcompress import learned_diffusion
-
-    learned_diffusion.STEPS = steps
-    row, stats, _ = round_trip_row(raw, "diffusion", setting, digits=6)
+    row, stats, _ = round_trip_row(raw, "diffusion", setting, digits=6, steps=steps)
     n = len(raw)
     elbo_bpc = stats["elbo_bits"] / n
     chain_bpc = stats["ideal_bits"] / n

@@ -15,6 +15,7 @@ benchmarks/report.py) go to ``benchmarks/results/discrete_flow.json``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import sys
@@ -29,7 +30,9 @@ import numpy as np
 import torch
 
 from amdcompress.codecs import textstream
-from amdcompress.learned_discrete_flow import BACKEND
+from amdcompress import backends
+from amdcompress.learned import LearnedBackend
+from amdcompress.models import registry
 from amdcompress.models.discrete_flow import coding as dc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,9 +46,9 @@ def _setting(size: int, total: int) -> str:
 
 
 def bench_one(raw: bytes, setting: str) -> dict:
-    """Code ``raw`` with whatever weights BACKEND holds; one result row."""
-    row, stats, _ = round_trip_row(raw, "discrete-flow", setting)
-    model, sha = BACKEND.loaded()
+    """Code ``raw`` with the registered discrete-flow backend's weights; one result row."""
+    row, stats, backend = round_trip_row(raw, "discrete-flow", setting)
+    model, sha = backend.state(), backend.newest.sha256
     sym, _ = textstream.split(np.frombuffer(raw, dtype=np.uint8))
     torch.set_num_threads(1)
     nll = dc.nll_bits(model, sym)
@@ -56,7 +59,7 @@ def bench_one(raw: bytes, setting: str) -> dict:
         "overhead_bpc": bits / n - nll / n, "overhead_bits_vs_nll": bits - nll,
         "lanes": stats.get("lanes", 0),
         "flow_changed_fraction": moved,  # share of symbols with z != x: how far the couplings are from the identity
-        "params": {"weights": BACKEND.path.name, "sha256": sha, "base": c.base, "coupling_layers": c.layers,
+        "params": {"weights": backend.newest.file, "sha256": sha, "base": c.base, "coupling_layers": c.layers,
                    "chunk": c.chunk, "temperature": c.temperature, "config": c.to_dict(),
                    "torch": torch.__version__, "threads": 1,
                    "coder": "exact ANS (constriction 0.5.0), 24-bit categorical tables"},
@@ -78,10 +81,14 @@ def main(argv=None) -> None:
     for v in args.variant:
         path, size = v.rsplit(":", 1)
         jobs.append((Path(path), int(size)))
+    shipped = backends.by_name("discrete-flow")
     for weights, size in jobs:
-        BACKEND._path, BACKEND._loaded, BACKEND._sha = weights, None, None
+        backend = shipped if weights is None else LearnedBackend(
+            dataclasses.replace(shipped.entry, weights=(registry.Weights(weights.stem, registry.sha256_file(weights)),)),
+            weights_dir=weights.parent)
+        backends._REGISTRY["discrete-flow"] = backend
         raw = data if size == 0 else data[:size]
-        c = BACKEND.loaded()[0].config
+        c = backend.state().config
         setting = _setting(size, len(data))
         if weights is not None:
             setting += f", variant {c.base} base, {c.layers} layers"
@@ -90,7 +97,7 @@ def main(argv=None) -> None:
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("setting", "bytes", "bits_per_dim", "nll_bpc", "overhead_bpc",
                                                "encode_chars_per_s", "decode_chars_per_s", "verified")}), flush=True)
-    BACKEND._path, BACKEND._loaded, BACKEND._sha = None, None, None
+    backends._REGISTRY["discrete-flow"] = shipped
     meta = {
         "data": {"file": str(args.data), "sha256": hashlib.sha256(data).hexdigest(),
                  "split": "text8 valid.txt (chars 10M-11M of text8)"},

@@ -82,17 +82,17 @@ def main(argv=None) -> int:
     import torch
 
     import amdcompress
-    from amdcompress.learned import IdfBackend
+    from amdcompress import backends
     from amdcompress.models.idf import coding as idf_coding
     from amdcompress.models import registry
 
-    backend = IdfBackend()
-    if not registry.available(backend.weights_name):
+    backend = backends.by_name("idf")
+    if not backend.available():
         print("IDF weights not installed", file=sys.stderr)
         return 1
-    model = backend.model()
-    rec = registry.record(backend.weights_name)
-    wpath = registry.weights_path(backend.weights_name)
+    model = backend.state()
+    rec = registry.record(backend.newest.name)
+    wpath = registry.weights_path(backend.newest.name)
     data = np.load(a.data)
     rows = []
 

@@ -176,12 +176,11 @@ def main(argv=None) -> int:
 
     import torch
 
-    from amdcompress.learned import IdfBackend
     from amdcompress.models import registry
     from amdcompress.models.idf.network import IDF
 
     torch.set_num_threads(a.threads)
-    name = IdfBackend.weights_name
+    name = registry.MODELS["idf"].weights[0].name
     obj = registry.load(name)
     model = IDF(obj["config"])
     model.load_state_dict({k: v.float() for k, v in obj["state_dict"].items()})

@@ -12,15 +12,16 @@ DEFAULT_VALID = Path(os.environ.get("AMDCOMPRESS_DATA") or Path(__file__).resolv
     / "text8" / "valid.txt"
 
 
-def round_trip_row(raw: bytes, model: str, setting: str, digits: int = 5) -> tuple[dict, dict, object]:
+def round_trip_row(raw: bytes, model: str, setting: str, digits: int = 5, **options) -> tuple[dict, dict, object]:
     """``(row, stats, backend)``: the shared row fields for coding ``raw`` with
-    ``model``, the backend's ``last_stats`` of that encode, and the backend.
-    ``verified`` is whether decoding gave ``raw`` back."""
+    ``model`` (and its ``options``, e.g. ``steps``), the backend's ``last_stats``
+    of that encode, and the backend. ``verified`` is whether decoding gave ``raw`` back."""
     from amdcompress import api, backends
+    from amdcompress.models import registry
 
     backend = backends.by_name(model)
     t0 = time.perf_counter()
-    blob = api.compress(raw, model=model)
+    blob = api.compress(raw, model=model, **options)
     enc = time.perf_counter() - t0
     stats = dict(backend.last_stats)
     t0 = time.perf_counter()
@@ -36,6 +37,6 @@ def round_trip_row(raw: bytes, model: str, setting: str, digits: int = 5) -> tup
         "encode_MBps": round(n / enc / 1e6, digits), "decode_MBps": round(n / dec / 1e6, digits),
         "container_header_bytes": info.header_bytes,
         "model_stream_bytes": info.details["model_stream_bytes"], "escape_bytes": info.details["escape_bytes"],
-        "model_bytes": backend.path.stat().st_size,
+        "model_bytes": registry.weights_path(backend.newest.name).stat().st_size,
     }
     return row, stats, backend

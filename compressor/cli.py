@@ -110,13 +110,16 @@ def cli() -> None:
 @click.option("-m", "--model", default=api.AUTO, show_default=True, help="Model name; see `amdcompress models`.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
-def encode(input: str, output: str | None, to_stdout: bool, model: str, force: bool, quiet: bool) -> None:
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Chain steps of a diffusion model (recorded in the file; default: the model's).")
+def encode(input: str, output: str | None, to_stdout: bool, model: str, force: bool, quiet: bool,
+           steps: int | None) -> None:
     """Compress IN into an .amd file."""
     if output is None:
         output = STDIO if (to_stdout or input == STDIO) else input + ".amd"
     try:
         raw = _read_input(input)
-        blob = api.compress(raw, model=model, progress=_progress_factory(quiet))
+        blob = api.compress(raw, model=model, progress=_progress_factory(quiet), steps=steps)
         _write_output(blob, output, input, force, binary_to_tty_ok=False)
     except Exception as e:  # AmdError, or a bug reported in one line
         _fail(input if input != STDIO else "stdin", e)
@@ -184,10 +187,16 @@ def info(input: str, as_json: bool) -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def models(as_json: bool) -> None:
-    """List the available models (learned and classical)."""
+    """List the available models (learned and classical) and their weights versions."""
+    from amdcompress.models import registry
+
     rows = [
         {"name": b.name, "codec_id": b.codec_id, "learned": b.learned,
-         "weights": b.weights_tag().hex(), "description": b.description}
+         "weights": b.weights_tag().hex(), "description": b.description,
+         # every weights version this build decodes, newest (the one new files use) first
+         "versions": [{"name": w.name, "tag": w.sha256[:4], "installed": registry.available(w.name)}
+                      for w in b.entry.weights] if b.learned else [],
+         "options": list(b.options), "in_auto": b.learned and b.entry.auto}
         for b in backends.all_backends()
     ]
     if as_json:
@@ -198,6 +207,8 @@ def models(as_json: bool) -> None:
     for r in rows:
         kind = "learned  " if r["learned"] else "classical"
         click.echo(f"{r['name']:<{w}}  {kind} {r['weights']}  {r['description']}")
+        for v in r["versions"]:
+            click.echo(f"{'':<{w}}    weights {v['name']} ({v['tag']}){'' if v['installed'] else ': not installed'}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import backend_for, load_file
+from amdcompress.models import registry
 from amdcompress.codecs import Message
 from amdcompress.codecs.errors import AmdError
 from amdcompress.formats import BYTES, Data
@@ -214,8 +216,9 @@ def test_corrupt_streams_fail_cleanly(tiny):
 _CODER = r"""
 import sys, numpy as np, torch
 torch.set_num_threads(1)
-from amdcompress.models.argmax.coding import load_weights, encode_symbols, decode_symbols
-model, tables, _ = load_weights(sys.argv[2])
+from amdcompress.models import registry
+from amdcompress.models.argmax.coding import load, encode_symbols, decode_symbols
+model, tables = load(registry.read_weights(sys.argv[2]))
 if sys.argv[1] == "enc":
     sym = np.frombuffer(open(sys.argv[3], "rb").read(), dtype=np.uint8).astype(np.int64) % 27
     open(sys.argv[4], "wb").write(encode_symbols(model, tables, sym))
@@ -234,7 +237,7 @@ def test_separate_processes_agree(weights_file, tmp_path):
     sym = np.frombuffer(raw, dtype=np.uint8) % 27
     assert (tmp_path / "out").read_bytes() == sym.astype(np.uint8).tobytes()
     # this process encodes to the same bytes and decodes the other process's stream
-    model, tables, _ = ac.load_weights(weights_file)
+    model, tables = load_file(ac, weights_file)
     assert ac.encode_symbols(model, tables, sym.astype(np.int64)) == (tmp_path / "s1").read_bytes()
     assert np.array_equal(ac.decode_symbols(model, tables, (tmp_path / "s1").read_bytes()), sym)
 
@@ -251,9 +254,7 @@ def test_initial_bits_are_few(tiny):
 
 # -- backend ---------------------------------------------------------------------------
 def test_backend_round_trip_with_escapes(weights_file):
-    from amdcompress.learned_text import ArgmaxBackend
-
-    b = ArgmaxBackend(weights_file)
+    b = backend_for("argmax", weights_file)
     assert b.codec_id == 18 and b.name == "argmax" and b.learned
     assert b.weights_tag() == bytes.fromhex(hashlib.sha256(weights_file.read_bytes()).hexdigest()[:8])
     rng = np.random.default_rng(13)
@@ -304,7 +305,8 @@ def test_training_script_runs_and_exports(tmp_path):
     train_argmax.main(common + ["--export", str(tmp_path / "run" / "best.pt"), "--weights-out", str(out)])
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
-    model, tables, _ = ac.load_weights(out, meta["sha256"])
+    assert registry.sha256_file(out) == meta["sha256"]
+    model, tables = load_file(ac, out)
     sym = np.frombuffer(TEXT, dtype=np.uint8).astype(np.int64)
     sym = np.where(sym == 32, 0, sym - 96)
     assert np.array_equal(ac.decode_symbols(model, tables, ac.encode_symbols(model, tables, sym)), sym)

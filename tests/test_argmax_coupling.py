@@ -12,6 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import backend_for, load_file
+from amdcompress.models import registry
 from amdcompress.codecs.errors import AmdError
 from amdcompress.formats import BYTES, Data
 from amdcompress.models.argmax_coupling import coding as acc
@@ -190,8 +192,9 @@ def test_corrupt_streams_fail_cleanly(coder):
 _CODER = r"""
 import sys, numpy as np, torch
 torch.set_num_threads(1)
-from amdcompress.models.argmax_coupling.coding import load_weights
-coder, _ = load_weights(sys.argv[2])
+from amdcompress.models import registry
+from amdcompress.models.argmax_coupling.coding import load
+coder = load(registry.read_weights(sys.argv[2]))
 if sys.argv[1] == "enc":
     sym = np.frombuffer(open(sys.argv[3], "rb").read(), dtype=np.uint8).astype(np.int64) % 27
     open(sys.argv[4], "wb").write(coder.encode(sym))
@@ -212,16 +215,14 @@ def test_separate_processes_agree(weights_file, tmp_path):
     sym = np.frombuffer(raw, dtype=np.uint8) % 27
     assert (tmp_path / "out").read_bytes() == sym.astype(np.uint8).tobytes()
     # this process encodes to the same bytes and decodes the other process's stream
-    c, _ = acc.load_weights(weights_file)
+    c = load_file(acc, weights_file)
     assert c.encode(sym.astype(np.int64)) == (tmp_path / "s1").read_bytes()
     assert np.array_equal(c.decode((tmp_path / "s1").read_bytes()), sym)
 
 
 # -- backend ---------------------------------------------------------------------------------
 def test_backend_round_trip_with_escapes(weights_file):
-    from amdcompress.learned_argmax_coupling import ArgmaxCouplingBackend
-
-    b = ArgmaxCouplingBackend(weights_file)
+    b = backend_for("argmax-coupling", weights_file)
     assert b.codec_id == 20 and b.name == "argmax-coupling" and b.learned
     assert b.weights_tag() == bytes.fromhex(hashlib.sha256(weights_file.read_bytes()).hexdigest()[:8])
     rng = np.random.default_rng(13)
@@ -282,7 +283,8 @@ def test_training_script_runs_and_exports(tmp_path):
     assert meta["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     assert meta["model"] == "argmax-coupling" and meta["valid_elbo_bpc"] > 0
     assert meta["training_runs"][0]["from_step"] == 0 and "last_eval" in meta["training_runs"][0]
-    c, _ = acc.load_weights(out, meta["sha256"])
+    assert registry.sha256_file(out) == meta["sha256"]
+    c = load_file(acc, out)
     sym = to_sym(TEXT)
     assert np.array_equal(c.decode(c.encode(sym)), sym)
     # training continues from the shipped file alone, counting its steps and minutes

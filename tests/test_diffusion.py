@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import backend_for, install_backend
 from amdcompress import AmdError, api, backends, formats
 from amdcompress.models.diffusion import network as D
 from amdcompress.models.diffusion import coding as DC
@@ -263,14 +264,8 @@ def tiny_weights(tiny, tmp_path):
 @pytest.fixture()
 def backend(tiny_weights, monkeypatch):
     """The registered backend, pointed at the tiny model."""
-    from amdcompress import learned_diffusion as LD
-
-    b = backends.by_name("diffusion")
-    monkeypatch.setattr(b, "_path", tiny_weights)
-    monkeypatch.setattr(b, "_loaded", None)
-    monkeypatch.setattr(b, "_sha", None)
-    monkeypatch.setattr(LD, "STEPS", 5)  # the tiny model has T = 20 (the default, 100, is for T = 1000)
-    return b
+    monkeypatch.setenv("AMDCOMPRESS_DIFFUSION_STEPS", "5")  # the tiny model has T = 20 (the default, 100, is for T = 1000)
+    return install_backend(monkeypatch, "diffusion", tiny_weights)
 
 
 def test_backend_registered_with_its_id():
@@ -288,9 +283,6 @@ def test_backend_roundtrips_any_bytes(backend, raw):
 
 
 def test_backend_through_the_container_and_steps_setting(backend, monkeypatch):
-    from amdcompress import learned_diffusion as LD
-
-    monkeypatch.setattr(LD, "STEPS", None)
     raw = b"the quick brown fox jumps over the lazy dog " * 30
     monkeypatch.setenv("AMDCOMPRESS_DIFFUSION_STEPS", "4")
     blob = api.compress(raw, model="diffusion")
@@ -304,6 +296,14 @@ def test_backend_through_the_container_and_steps_setting(backend, monkeypatch):
     monkeypatch.setenv("AMDCOMPRESS_DIFFUSION_STEPS", "100000")
     with pytest.raises(AmdError):
         api.compress(raw, model="diffusion")
+    monkeypatch.delenv("AMDCOMPRESS_DIFFUSION_STEPS")
+    blob = api.compress(raw, model="diffusion", steps=3)  # the option beats the environment
+    assert DC.stream_steps(textstream.unpack(container.unpack(blob)[1])[0]) == 3
+    assert api.decompress(blob) == raw
+    with pytest.raises(AmdError, match="steps"):
+        api.compress(raw, model="diffusion", steps=0)
+    with pytest.raises(AmdError, match="no option steps"):
+        api.compress(raw, model="argmax", steps=3)
 
 
 def test_backend_accepts_any_bytes_but_stays_out_of_auto(backend):
@@ -328,21 +328,18 @@ def test_backend_corrupt_payload_raises(backend):
 
 
 def test_weights_hash_is_checked(tmp_path, monkeypatch):
-    import json
 
-    from amdcompress import learned_diffusion as LD
     from amdcompress.models import registry
 
     torch.manual_seed(0)
     m = D.Denoiser(TINY)
     torch.save({"config": m.config, "state_dict": registry.compact_state_dict(m.state_dict())},
-               tmp_path / "diffusion-v1.pt")
-    sha = registry.sha256_file(tmp_path / "diffusion-v1.pt")
-    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)
-    (tmp_path / "diffusion-v1.json").write_text(json.dumps({"sha256": sha}))
-    coder = LD.DiffusionBackend().loaded()
+               tmp_path / "diffusion-tiny.pt")
+    sha = registry.sha256_file(tmp_path / "diffusion-tiny.pt")
+    coder = backend_for("diffusion", tmp_path / "diffusion-tiny.pt").state()
     assert coder.model.alpha_bar.dtype == torch.float64 and coder.T == TINY["T"]
-    assert LD.DiffusionBackend().weights_tag() == bytes.fromhex(sha)[:4]
-    (tmp_path / "diffusion-v1.json").write_text(json.dumps({"sha256": "0" * 64}))
+    assert backend_for("diffusion", tmp_path / "diffusion-tiny.pt").weights_tag() == bytes.fromhex(sha)[:4]
+    b = backend_for("diffusion", tmp_path / "diffusion-tiny.pt")
+    (tmp_path / "diffusion-tiny.pt").write_bytes((tmp_path / "diffusion-tiny.pt").read_bytes() + b"x")
     with pytest.raises(AmdError, match="sha256"):
-        LD.DiffusionBackend().loaded()
+        b.state()

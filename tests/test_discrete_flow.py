@@ -15,6 +15,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import backend_for, install_backend, load_file
+from amdcompress.models import registry
 from amdcompress import api
 from amdcompress.codecs.errors import AmdError
 from amdcompress.formats import BYTES, Data
@@ -176,8 +178,9 @@ def test_corrupt_streams_fail_cleanly():
 _CODER = r"""
 import sys, numpy as np, torch
 torch.set_num_threads(1)
-from amdcompress.models.discrete_flow.coding import load_weights, encode_symbols
-model, _ = load_weights(sys.argv[2])
+from amdcompress.models import registry
+from amdcompress.models.discrete_flow.coding import load, encode_symbols
+model = load(registry.read_weights(sys.argv[2]))
 sym = np.frombuffer(open(sys.argv[3], "rb").read(), dtype=np.uint8).astype(np.int64) % 27
 open(sys.argv[4], "wb").write(encode_symbols(model, sym))
 """
@@ -190,7 +193,7 @@ def test_separate_processes_agree(weights_file, tmp_path):
     run("enc", weights_file, tmp_path / "in", tmp_path / "s1")
     sym = np.frombuffer(raw, dtype=np.uint8) % 27
     # this process (another one) encodes to the same bytes and decodes the child's stream
-    model, _ = dc.load_weights(weights_file)
+    model = load_file(dc, weights_file)
     assert dc.encode_symbols(model, sym.astype(np.int64)) == (tmp_path / "s1").read_bytes()
     assert np.array_equal(dc.decode_symbols(model, (tmp_path / "s1").read_bytes()), sym)
 
@@ -201,9 +204,7 @@ CASES = [b"", b"a", b"Hello, World!\n", TEXT * 5 + "Ünïcode\tand CAPS 1234\n".
 
 
 def test_backend_round_trip_with_escapes(weights_file):
-    from amdcompress.learned_discrete_flow import DiscreteFlowBackend
-
-    b = DiscreteFlowBackend(weights_file)
+    b = backend_for("discrete-flow", weights_file)
     assert (b.name, b.codec_id, b.learned) == ("discrete-flow", 19, True)
     assert b.weights_tag() == bytes.fromhex(hashlib.sha256(weights_file.read_bytes()).hexdigest()[:8])
     for raw in CASES:
@@ -228,11 +229,8 @@ def test_backend_round_trip_with_escapes(weights_file):
 
 def test_api_and_cli_round_trip(weights_file, monkeypatch, tmp_path):
     from amdcompress import cli
-    from amdcompress.learned_discrete_flow import BACKEND
 
-    monkeypatch.setattr(BACKEND, "_path", weights_file)
-    monkeypatch.setattr(BACKEND, "_loaded", None)
-    monkeypatch.setattr(BACKEND, "_sha", None)
+    install_backend(monkeypatch, "discrete-flow", weights_file)
     for raw in CASES:
         blob = api.compress(raw, model="discrete-flow")
         assert api.info(blob).as_dict()["model"] == "discrete-flow"
@@ -259,13 +257,14 @@ def test_backend_registered_and_listed():
 
 
 def test_shipped_weights_on_real_text():
-    from amdcompress.learned_discrete_flow import BACKEND
+    from amdcompress import backends
 
-    if not BACKEND.available() or not VALID.is_file():
+    b = backends.by_name("discrete-flow")
+    if not b.available() or not VALID.is_file():
         pytest.skip("shipped discrete-flow weights or text8 valid.txt not installed")
-    rec = json.loads(BACKEND.path.with_suffix(".json").read_text())
-    assert rec["sha256"] == hashlib.sha256(BACKEND.path.read_bytes()).hexdigest()
-    assert BACKEND.weights_tag() == bytes.fromhex(rec["sha256"][:8])
+    rec = registry.record(b.newest.name)
+    assert rec["sha256"] == b.newest.sha256 == registry.sha256_file(registry.weights_path(b.newest.name))
+    assert b.weights_tag() == bytes.fromhex(rec["sha256"][:8])
     raw = VALID.read_bytes()[:2000]
     blob = api.compress(raw, model="discrete-flow")
     assert api.decompress(blob) == raw
@@ -332,7 +331,8 @@ def test_training_script_runs_resumes_and_exports(tmp_path):
     tdf.main(common + ["--export", str(tmp_path / "run" / "best.pt"), "--weights-out", str(out)])
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest() and meta["config"]["layers"] == 1
-    model, _ = dc.load_weights(out, meta["sha256"])
+    assert registry.sha256_file(out) == meta["sha256"]
+    model = load_file(dc, out)
     sym = to_sym(TEXT)
     assert np.array_equal(dc.decode_symbols(model, dc.encode_symbols(model, sym)), sym)
     # training continues from the shipped file alone, counting its steps

@@ -32,12 +32,7 @@ CURRENT = [e for e in ENTRIES if not e["legacy"]]
 
 def _decode_params():
     for e in ENTRIES:
-        marks = ()
-        if e["legacy"]:
-            # only the refusal of unknown weights is expected; any other failure is real
-            marks = pytest.mark.xfail(strict=False, raises=amdcompress.AmdError,
-                                      reason=f"{e['weights']['name']} weights not yet installable")
-        yield pytest.param(e, id=e["file"], marks=marks)
+        yield pytest.param(e, id=e["file"])
 
 
 def _read(name: str) -> bytes:
@@ -60,8 +55,10 @@ def _installed_weights(model: str) -> dict | None:
     b = backends.by_name(model)
     if not b.learned:
         return None
-    rec = json.loads((Path(registry.WEIGHTS_DIR) / f"{b.weights_name}.json").read_text())
-    return {"name": b.weights_name, "sha256": rec["sha256"], "tag": b.weights_tag()[:2].hex()}
+    w = b.newest
+    rec = json.loads(registry.record_path(w.name).read_text())
+    assert rec["sha256"] == w.sha256 == registry.sha256_file(registry.weights_path(w.name))
+    return {"name": w.name, "sha256": w.sha256, "tag": b.weights_tag()[:2].hex()}
 
 
 def _set_env(monkeypatch, env: dict) -> None:
@@ -103,13 +100,12 @@ def test_golden_file_decodes_to_its_input(entry):
 def test_diffusion_default_chain_length_is_frozen(monkeypatch):
     """New files use the default chain length when AMDCOMPRESS_DIFFUSION_STEPS
     is unset; the golden diffusion files were made that way."""
-    from amdcompress import learned_diffusion
+    from amdcompress.models.diffusion import coding as diffusion_coding
 
     frozen = {e["settings"]["diffusion_steps"] for e in CURRENT if e["model"] == "diffusion"}
-    monkeypatch.delenv(learned_diffusion.ENV_STEPS, raising=False)
-    monkeypatch.setattr(learned_diffusion, "STEPS", None)
-    assert frozen == {learned_diffusion.coding_steps()[0]} == {100}
-    assert learned_diffusion.ENV_STEPS == "AMDCOMPRESS_DIFFUSION_STEPS"
+    monkeypatch.delenv(diffusion_coding.ENV_STEPS, raising=False)
+    assert frozen == {diffusion_coding.default_steps()[0]} == {100}
+    assert diffusion_coding.ENV_STEPS == "AMDCOMPRESS_DIFFUSION_STEPS"
 
 
 @pytest.mark.parametrize("entry", [pytest.param(e, id=e["file"]) for e in CURRENT])
@@ -128,10 +124,9 @@ def test_encoding_gives_the_golden_bytes(entry, monkeypatch):
                         f"installed {imagecodecs.jpegxl_version()} (decoding is still checked)")
     _set_env(monkeypatch, entry["env"])
     if model == "diffusion":
-        from amdcompress import learned_diffusion
+        from amdcompress.models.diffusion import coding as diffusion_coding
 
-        monkeypatch.setattr(learned_diffusion, "STEPS", None)
-        assert learned_diffusion.coding_steps() == (entry["settings"]["diffusion_steps"],
+        assert diffusion_coding.default_steps() == (entry["settings"]["diffusion_steps"],
                                                     entry["settings"]["diffusion_steps_source"])
     golden = _read(entry["file"])
     blob = amdcompress.compress(_read(entry["input"]), model=model)

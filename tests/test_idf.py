@@ -17,6 +17,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import backend_for
 from amdcompress.models.idf import coding as idf_coding
 from amdcompress.models import registry
 from amdcompress.models.datasets import shared_data_dir
@@ -315,26 +316,26 @@ def test_train_script_resume_and_export(tmp_path):
 # -- registry ---------------------------------------------------------------------------
 
 
-def test_registry_refuses_mismatching_weights(tmp_path, monkeypatch):
+def test_backend_refuses_mismatching_weights(tmp_path):
     from amdcompress.codecs.errors import AmdError
 
     m = tiny_model()
-    torch.save({"config": m.config, "state_dict": m.state_dict()}, tmp_path / "idf-v3.pt")
-    sha = registry.sha256_file(tmp_path / "idf-v3.pt")
-    (tmp_path / "idf-v3.json").write_text(json.dumps({"sha256": sha}))
-    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)
-    assert registry.weights_tag("idf-v3") == bytes.fromhex(sha)[:4]
-    assert registry.load("idf-v3")["config"] == m.config
-    raw = bytearray((tmp_path / "idf-v3.pt").read_bytes())
+    torch.save({"config": m.config, "state_dict": m.state_dict()}, tmp_path / "idf-tiny.pt")
+    sha = registry.sha256_file(tmp_path / "idf-tiny.pt")
+    b = backend_for("idf", tmp_path / "idf-tiny.pt")
+    assert b.weights_tag() == bytes.fromhex(sha)[:4]
+    assert b.state().config == m.config
+    raw = bytearray((tmp_path / "idf-tiny.pt").read_bytes())
     raw[len(raw) // 2] ^= 1
-    (tmp_path / "idf-v3.pt").write_bytes(bytes(raw))
+    (tmp_path / "idf-tiny.pt").write_bytes(bytes(raw))
     with pytest.raises(AmdError, match="sha256"):
-        registry.load("idf-v3")
+        backend_for("idf", tmp_path / "idf-tiny.pt").state(registry.Weights("idf-tiny", sha))
 
 
 # -- public API with the shipped weights --------------------------------------------------
 
-shipped = pytest.mark.skipif(not registry.available("idf-v3"), reason="shipped IDF weights not installed")
+shipped = pytest.mark.skipif(not registry.available(registry.MODELS["idf"].weights[0].name),
+                             reason="shipped IDF weights not installed")
 
 
 def _png(a: np.ndarray) -> bytes:
@@ -380,9 +381,9 @@ def test_public_api_batch_and_corruption():
 @shipped
 @pytest.mark.skipif(not CIFAR_TEST.exists(), reason="CIFAR test subset not available")
 def test_coded_size_matches_model_nll():
-    from amdcompress.learned import IdfBackend
+    from amdcompress import backends
 
-    m = IdfBackend().model()
+    m = backends.by_name("idf").state()
     x = images(8)
     payload = idf_coding.encode(m, x)
     nll = idf_coding.model_bits(m, x)

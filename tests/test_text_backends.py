@@ -1,9 +1,9 @@
-"""What every learned text backend promises (:class:`TextModelBackend`), pinned
-once for all of them: checked weights, any bytes round-trip with the shipped
-model, and one-line errors for bad weights and bad payloads."""
+"""What the learned backend promises for every text model in the registry
+(:class:`amdcompress.learned.LearnedBackend`), pinned once for all of them:
+checked weights, any bytes round-trip with the shipped model, and one-line
+errors for bad weights and bad payloads."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -11,18 +11,14 @@ import pytest
 from amdcompress import api, backends
 from amdcompress.codecs.errors import AmdError
 from amdcompress.formats import BYTES, IMAGE_PNM, Data
-from amdcompress.text_backend import TextModelBackend
 from amdcompress.codecs.textstream import ALPHABET
+from amdcompress.learned import LearnedBackend
+from amdcompress.models import registry
+from conftest import backend_for
 
-TEXT_BACKENDS = sorted((b for b in backends.all_backends() if isinstance(b, TextModelBackend)),
-                       key=lambda b: b.codec_id)
+TEXT_BACKENDS = [b for b in backends.all_backends() if b.learned and b.entry.data == "text"]
 IDS = [b.name for b in TEXT_BACKENDS]
 SAMPLE = b"the cat sat on the mat. Then: 42 dogs \xe2\x80\x94 caf\xc3\xa9!\n"
-
-
-def fresh(backend: TextModelBackend, path) -> TextModelBackend:
-    """A new backend of the same class reading weights from ``path``."""
-    return type(backend)(path)
 
 
 def data(raw: bytes) -> Data:
@@ -35,7 +31,7 @@ def test_every_text_model_is_covered():
 
 @pytest.mark.parametrize("backend", TEXT_BACKENDS, ids=IDS)
 def test_missing_weights_one_line_error(backend, tmp_path):
-    b = fresh(backend, tmp_path / "missing.pt")
+    b = LearnedBackend(backend.entry, weights_dir=tmp_path)
     assert not b.available() and not b.accepts(data(b"abc"))
     with pytest.raises(AmdError, match="not installed") as e:
         b.encode(data(b"abc"))
@@ -46,15 +42,12 @@ def test_missing_weights_one_line_error(backend, tmp_path):
 def test_hash_mismatch_refused(backend, tmp_path):
     if not backend.available():
         pytest.skip(f"{backend.name} weights not installed")
-    bad = tmp_path / "copy.pt"
-    bad.write_bytes(backend.path.read_bytes())
-    bad.with_suffix(".json").write_text(json.dumps({"sha256": "0" * 64}))
-    with pytest.raises(AmdError, match="weights check failed") as e:
-        fresh(backend, bad).encode(data(b"abc"))
+    name = backend.newest.name
+    bad = registry.weights_path(name, tmp_path)
+    bad.write_bytes(registry.weights_path(name).read_bytes()[:-1] + b"!")
+    with pytest.raises(AmdError, match="corrupt or replaced: sha256") as e:
+        LearnedBackend(backend.entry, weights_dir=tmp_path).encode(data(b"abc"))
     assert "\n" not in str(e.value)
-    bad.with_suffix(".json").write_text("{not json")
-    with pytest.raises(AmdError, match="unreadable"):
-        fresh(backend, bad).encode(data(b"abc"))
 
 
 @pytest.mark.parametrize("backend", TEXT_BACKENDS, ids=IDS)
@@ -62,7 +55,7 @@ def test_junk_weights_file_refused(backend, tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"this is not a weights file")
     with pytest.raises(AmdError, match="weights") as e:
-        fresh(backend, junk).encode(data(b"abc"))
+        backend_for(backend.name, junk).encode(data(b"abc"))
     assert "\n" not in str(e.value)
 
 

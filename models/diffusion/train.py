@@ -162,7 +162,7 @@ def export(ckpt_path: str, weights_dir: str | None = None, eval_chars: int = 0, 
     meta = {"steps": int(hist.get("step", 0)), "minutes": round(float(hist.get("elapsed", 0.0)) / 60.0, 2),
             "train_chars": int(hist.get("train_chars", 0)), "commands": list(hist.get("commands", []))}
     weights = {"format": "amdcompress-diffusion", "config": cfg, "state_dict": state, "meta": meta}
-    wpath = wdir / registry.MODELS[WEIGHTS_NAME]["file"]
+    wpath = wdir / f"{WEIGHTS_NAME}.pt"
     atomic_save(weights, wpath)
     sha = registry.sha256_file(wpath)
     bzip2 = 2.193
@@ -197,7 +197,7 @@ def export(ckpt_path: str, weights_dir: str | None = None, eval_chars: int = 0, 
         "export_command": command or " ".join(shlex.quote(a) for a in sys.argv),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    write_record(rec, wdir / registry.MODELS[WEIGHTS_NAME]["record"])
+    write_record(rec, wdir / f"{WEIGHTS_NAME}.json")
     return rec
 
 

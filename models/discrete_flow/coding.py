@@ -32,10 +32,7 @@ Stream layout: ``version (1 byte) | varint n | Message.to_bytes()``.
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import math
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -105,9 +105,9 @@ def export(args) -> None:
     """Checkpoint -> ``--weights-out`` (config + float16 state dict) and a JSON
     record beside it (provenance, held-out bpc of the *shipped* float16 weights,
     sha256)."""
-    from amdcompress.models.registry import compact_state_dict
+    from amdcompress.models.registry import compact_state_dict, read_weights
 
-    from .coding import load_weights
+    from .coding import load
 
     torch.set_num_threads(args.threads)
     ck = torch.load(args.export, map_location="cpu", weights_only=False)
@@ -117,7 +117,7 @@ def export(args) -> None:
     pt = Path(args.weights_out)
     sha = save_weights(pt, {"kind": "discrete-flow-weights", "config": config.to_dict(),
                             "state_dict": compact_state_dict(model.state_dict())})
-    shipped, _ = load_weights(pt, sha)          # what the coder will use (float16 -> float32)
+    shipped = load(read_weights(pt))          # what the coder will use (float16 -> float32)
     t0 = time.time()
     ev = evaluate(shipped, load_symbols(Path(args.valid), args.export_valid_chars or None))
     tr = evaluate(shipped, load_symbols(Path(args.data), 100_000))

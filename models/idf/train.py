@@ -146,7 +146,7 @@ def export(ckpt_path: str, weights_dir: Path | None = None, command: str | None 
         raise SystemExit(f"{ckpt_path}: not a full training checkpoint")
     wdir = Path(weights_dir) if weights_dir else registry.WEIGHTS_DIR
     wdir.mkdir(parents=True, exist_ok=True)
-    entry = registry.MODELS[WEIGHTS_NAME]
+    entry = {"file": f"{WEIGHTS_NAME}.pt", "record": f"{WEIGHTS_NAME}.json"}
     state = {k: v.detach().to("cpu", torch.float32).contiguous() if v.is_floating_point() else v.cpu().contiguous()
              for k, v in obj["ema"].items()}
     state = registry.compact_state_dict(state)  # shipped as float16; held-out bpd below is of exactly these

@@ -186,9 +186,9 @@ def backend_weights(model: str) -> dict | None:
     b = backends.by_name(model)
     if not b.learned:
         return None
-    name = b.weights_name
-    rec = json.loads((Path(registry.WEIGHTS_DIR) / f"{name}.json").read_text())
-    return {"name": name, "sha256": rec["sha256"], "tag": b.weights_tag()[:2].hex()}
+    w = b.newest
+    return {"name": w.name, "sha256": registry.sha256_file(registry.weights_path(w.name)),
+            "tag": b.weights_tag()[:2].hex()}
 
 
 def sha256(b: bytes) -> str:
@@ -222,12 +222,12 @@ def settings_of(spec: Spec, blob: bytes) -> dict:
     import amdcompress
 
     if spec.model == "diffusion":
-        from amdcompress import learned_diffusion
+        from amdcompress.models.diffusion import coding as diffusion_coding
 
         with Env(spec.env):
-            steps, source = learned_diffusion.coding_steps()
+            steps, source = diffusion_coding.default_steps()
         return {"diffusion_steps": amdcompress.info(blob).details["chain_steps"],
-                "diffusion_steps_source": source, "diffusion_default_steps": learned_diffusion.DEFAULT_STEPS}
+                "diffusion_steps_source": source, "diffusion_default_steps": diffusion_coding.DEFAULT_STEPS}
     return {}
 
 

@@ -1,0 +1,33 @@
+"""Shared test helpers."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+
+def backend_for(model: str, weights_file: Path):
+    """The learned backend of registry model ``model`` whose only weights
+    version is ``weights_file`` (a file made in the test)."""
+    from amdcompress.learned import LearnedBackend
+    from amdcompress.models import registry
+
+    weights_file = Path(weights_file)
+    w = registry.Weights(weights_file.stem, registry.sha256_file(weights_file))
+    return LearnedBackend(dataclasses.replace(registry.MODELS[model], weights=(w,)), weights_dir=weights_file.parent)
+
+
+def load_file(coding, path):
+    """A coding module's state from an (unchecked) weights file."""
+    from amdcompress.models import registry
+
+    return coding.load(registry.read_weights(path))
+
+
+def install_backend(monkeypatch, model: str, weights_file: Path):
+    """Make :func:`backend_for` the registered backend of ``model`` for one test."""
+    from amdcompress import backends
+
+    backends.all_backends()  # the learned backends are registered on first use
+    b = backend_for(model, weights_file)
+    monkeypatch.setitem(backends._REGISTRY, model, b)
+    return b
