@@ -24,7 +24,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.provenance import git_commit, machine_info, now  # noqa: E402
-from benchmarks.text_rows import DEFAULT_VALID as DEFAULT_DATA, round_trip_row  # noqa: E402
+from benchmarks.text_rows import DEFAULT_VALID as DEFAULT_DATA, round_trip_row, size_label  # noqa: E402
 
 import numpy as np
 import torch
@@ -39,10 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def _setting(size: int, total: int) -> str:
-    if size == 0 or size >= total:
-        return "file"
-    return f"{size // 1024} KB" if size % 1024 == 0 else f"{size} B"
+_setting = size_label
 
 
 def bench_one(raw: bytes, setting: str) -> dict:

@@ -12,6 +12,13 @@ DEFAULT_VALID = Path(os.environ.get("AMDCOMPRESS_DATA") or Path(__file__).resolv
     / "text8" / "valid.txt"
 
 
+def size_label(size: int, total: int, whole: str = "file") -> str:
+    """The setting name of a prefix of ``size`` bytes of a ``total``-byte file (0: all of it)."""
+    if size == 0 or size >= total:
+        return whole
+    return f"{size // 1024} KB" if size % 1024 == 0 else f"{size} B"
+
+
 def round_trip_row(raw: bytes, model: str, setting: str, digits: int = 5, **options) -> tuple[dict, dict, object]:
     """``(row, stats, backend)``: the shared row fields for coding ``raw`` with
     ``model`` (and its ``options``, e.g. ``steps``), the backend's ``last_stats``

@@ -6,7 +6,8 @@
 * :mod:`.core`: codecs as (push, pop) pairs and their combinators
   (serial, chained, bits-back).
 """
-from .core import Categorical, Codec, Uniform, Windowed, bits_back, chained, information_bits, serial
+from .core import (Categorical, Codec, Uniform, Windowed, bits_back, bits_back_joint, chained, information_bits,
+                   observed, serial, swapped)
 from .distributions import (
     PRECISION,
     TOTAL,
@@ -22,7 +23,8 @@ from .distributions import (
 from .message import CorruptStreamError, Message, MessageUnderflowError, seed_words
 
 __all__ = [
-    "Categorical", "Codec", "Uniform", "Windowed", "bits_back", "chained", "information_bits", "serial",
+    "Categorical", "Codec", "Uniform", "Windowed", "bits_back", "bits_back_joint", "chained", "information_bits",
+    "observed", "serial", "swapped",
     "PRECISION", "TOTAL", "categorical_from_logits", "categorical_from_probs", "det_exp", "det_sigmoid",
     "logistic_mixture_counts", "quantize_weights", "uniform_counts", "windowed_logistic_mixture_counts",
     "CorruptStreamError", "Message", "MessageUnderflowError", "seed_words",

@@ -165,13 +165,13 @@ def chained(first: Codec, then: Callable[[Any], Codec]) -> Codec:
     return Codec(push, pop)
 
 
-def bits_back(
-    prior: Codec, likelihood: Callable[[Any], Codec], posterior: Callable[[Any], Codec]
-) -> Codec:
-    """Bits-back coding of x with a latent z (Townsend et al. 2019).
+def bits_back_joint(joint: Codec, posterior: Callable[[Any], Codec]) -> Codec:
+    """Bits-back coding of x with a latent z under any joint codec of ``(x, z)``
+    (Townsend et al. 2019; the joint may factor either way, e.g.
+    ``chained(p(x), lambda x: p(z|x))``).
 
-    push: pop z ~ q(z|x), push x under p(x|z), push z under p(z).
-    pop:  pop z under p(z), pop x under p(x|z), push z back under q(z|x).
+    push: pop z ~ q(z|x), push (x, z) under the joint.
+    pop:  pop (x, z) under the joint, push z back under q(z|x).
     Net growth of the message: -log2 p(x, z) + log2 q(z|x), i.e. the negative
     ELBO on average, once the message holds enough bits for the first pop
     (start from :meth:`Message.seeded`).
@@ -179,16 +179,43 @@ def bits_back(
 
     def push(m: Message, x) -> Message:
         m, z = posterior(x).pop(m)
-        m = likelihood(z).push(m, x)
-        return prior.push(m, z)
+        return joint.push(m, (x, z))
 
     def pop(m: Message):
-        m, z = prior.pop(m)
-        m, x = likelihood(z).pop(m)
-        m = posterior(x).push(m, z)
-        return m, x
+        m, (x, z) = joint.pop(m)
+        return posterior(x).push(m, z), x
 
     return Codec(push, pop)
+
+
+def observed(codec: Codec, popped: list) -> Codec:
+    """``codec``, appending what each pop returns to ``popped`` (for accounting:
+    e.g. the latents a bits-back encoder drew)."""
+
+    def pop(m: Message):
+        m, x = codec.pop(m)
+        popped.append(x)
+        return m, x
+
+    return Codec(codec.push, pop)
+
+
+def swapped(codec: Codec) -> Codec:
+    """The codec of ``(b, a)`` for a codec of ``(a, b)``: same bits, pairs reversed."""
+    return Codec(lambda m, ba: codec.push(m, (ba[1], ba[0])),
+                 lambda m: (lambda r: (r[0], (r[1][1], r[1][0])))(codec.pop(m)))
+
+
+def bits_back(
+    prior: Codec, likelihood: Callable[[Any], Codec], posterior: Callable[[Any], Codec]
+) -> Codec:
+    """Bits-back coding of x with a latent z under the prior p(z) and the
+    likelihood p(x|z): :func:`bits_back_joint` with the joint ``p(z) p(x|z)``.
+
+    push: pop z ~ q(z|x), push x under p(x|z), push z under p(z).
+    pop:  pop z under p(z), pop x under p(x|z), push z back under q(z|x).
+    """
+    return bits_back_joint(swapped(chained(prior, likelihood)), posterior)
 
 
 def information_bits(counts: np.ndarray, symbols) -> float:

@@ -38,13 +38,14 @@ def write_head(version: int, *fields: int) -> bytes:
 
 
 def read_head(stream: bytes, version: int, fields: int, what: str,
-              max_symbols: int | None = None) -> tuple[list[int], int]:
+              max_symbols: int | None = None, empty_is_head: bool = False) -> tuple[list[int], int]:
     """Read a :func:`write_head` head: ``(fields, position after the head)``.
 
     The first field is the stream's symbol count. Raises
     :class:`~.message.CorruptStreamError` naming ``what`` (e.g. "argmax") on a
     wrong version byte, a truncated head, or a symbol count above
-    ``max_symbols`` (the container's data size) or :data:`MAX_SYMBOLS`."""
+    ``max_symbols`` (the container's data size) or :data:`MAX_SYMBOLS`; with
+    ``empty_is_head``, on bytes after the head of a stream of no symbols."""
     from .message import CorruptStreamError
 
     if not stream or stream[0] != version:
@@ -56,4 +57,6 @@ def read_head(stream: bytes, version: int, fields: int, what: str,
     n = out[0] if out else 0
     if n > MAX_SYMBOLS or (max_symbols is not None and n > max_symbols):
         raise CorruptStreamError(f"{what} stream: symbol count exceeds the data size")
+    if empty_is_head and n == 0 and pos != len(stream):
+        raise CorruptStreamError(f"{what} stream: trailing bytes after an empty stream")
     return out, pos

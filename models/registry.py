@@ -190,3 +190,16 @@ def compact_state_dict(state_dict: dict) -> dict:
     import torch
 
     return {k: v.half() if v.dtype == torch.float32 else v for k, v in state_dict.items()}
+
+
+def load_into(model, weights: dict, arch: str):
+    """``model`` (a torch module) holding ``weights["state_dict"]``, in eval mode,
+    without gradients; ValueError naming ``arch`` if the weights do not fit."""
+    try:
+        model.load_state_dict(weights["state_dict"])
+    except RuntimeError as e:
+        raise ValueError(f"weights do not fit the {arch} architecture ({str(e).splitlines()[0]})") from None
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model

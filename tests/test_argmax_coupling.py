@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import backend_for, load_file
+from conftest import backend_for, install_backend, load_file
 from amdcompress.models import registry
 from amdcompress.codecs.errors import AmdError
 from amdcompress.formats import BYTES, Data
@@ -249,8 +249,7 @@ def test_backend_registered_and_api_round_trip(weights_file, monkeypatch):
 
     b = backends.by_name("argmax-coupling")
     assert b.codec_id == 20 and backends.by_id(20) is b
-    monkeypatch.setattr(b, "_path", weights_file)
-    monkeypatch.setattr(b, "_loaded", None)
+    install_backend(monkeypatch, "argmax-coupling", weights_file)
     raw = TEXT * 3 + b"\nEnd."
     blob = api.compress(raw, model="argmax-coupling")
     assert api.decompress(blob) == raw

@@ -50,7 +50,7 @@ import math
 import numpy as np
 import torch
 
-from amdcompress.codecs import Categorical, CorruptStreamError, Message
+from amdcompress.codecs import Categorical, Codec, CorruptStreamError, Message, bits_back_joint, chained, observed
 from amdcompress.codecs.distributions import det_exp, det_sigmoid, quantize_weights
 from amdcompress.codecs.varint import read_head, read_varint, write_head
 
@@ -188,6 +188,12 @@ def _head_all(model: ArgmaxFlow, hp: torch.Tensor, nodes: np.ndarray) -> np.ndar
     return _round(raw).double().numpy()
 
 
+def _bit_codec(sign: Codec, magnitude, q) -> Codec:
+    """One binary digit ``b`` of every lane by bits-back over its magnitude ``k``:
+    the joint ``p(b) p(k|b)`` (``sign``, ``magnitude(b)``) with ``q(k|b)`` (``q(b)``)."""
+    return bits_back_joint(chained(sign, magnitude), q)
+
+
 def _tick(bar, n):
     if bar is not None:
         bar.update(n)
@@ -247,10 +253,11 @@ def encode_symbols(model: ArgmaxFlow, tables: dict, sym: np.ndarray, progress=No
                 qc = q_counts[qn]
                 pm = pm_all[t - t0, :A, i]
                 sc = sc_all[t - t0, :A, i]
-                m, k = Categorical(qc).pop(m)
-                Categorical(pm).push(m, k)
-                Categorical(sc).push(m, b)
+                popped: list = []
+                m = _bit_codec(Categorical(sc), lambda _b: Categorical(pm), lambda _b: observed(Categorical(qc), popped)
+                               ).push(m, b)
                 if stats is not None:
+                    k = popped[0]
                     r = np.arange(A)
                     info += float(np.sum(np.log2(qc[r, k].astype(np.float64)) - np.log2(pm[r, k].astype(np.float64))
                                          - np.log2(sc[r, b].astype(np.float64)))) + 24.0 * A
@@ -276,10 +283,8 @@ def decode_symbols(model: ArgmaxFlow, tables: dict, stream: bytes, progress=None
     """Model stream bytes -> symbols. Raises CorruptStreamError (or another codec error) on
     anything that is not a stream this coder wrote with these weights."""
     stream = bytes(stream)
-    (n,), pos = read_head(stream, STREAM_VERSION, 1, "argmax", max_symbols)
+    (n,), pos = read_head(stream, STREAM_VERSION, 1, "argmax", max_symbols, empty_is_head=True)
     if n == 0:
-        if pos != len(stream):
-            raise CorruptStreamError("trailing bytes")
         return np.zeros(0, dtype=np.int64)
     lanes, pos = read_varint(stream, pos, lambda: CorruptStreamError("truncated argmax stream header"))
     L, T, last = lane_layout(n)
@@ -299,10 +304,10 @@ def decode_symbols(model: ArgmaxFlow, tables: dict, stream: bytes, progress=None
         prefix = np.zeros(L, dtype=np.int64)
         for i in range(BITS):
             pr = prior.prep(_head_all(model, hp, (1 << i) - 1 + prefix)[:A])
-            m, b = Categorical(prior.sign_counts(pr)).pop(m)
-            qn = (2 << i) - 2 + (prefix[:A] << 1 | b)
-            m, k = Categorical(prior.mag_counts(pr, b, q_lo[qn])).pop(m)
-            Categorical(q_counts[qn]).push(m, k)
+            qnode = lambda b: (2 << i) - 2 + (prefix[:A] << 1 | b)  # noqa: E731 - q's node of each bit
+            m, b = _bit_codec(Categorical(prior.sign_counts(pr)),
+                              lambda b: Categorical(prior.mag_counts(pr, b, q_lo[qnode(b)])),
+                              lambda b: Categorical(q_counts[qnode(b)])).pop(m)
             prefix[:A] = prefix[:A] << 1 | b
         if prefix[:A].max() >= K:
             raise CorruptStreamError("decoded an impossible symbol")

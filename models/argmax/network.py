@@ -30,11 +30,13 @@ one reparameterized sample.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..config import Config
 
 K = 27          # alphabet (textstream symbols)
 BITS = 5        # ceil(log2 K)
@@ -46,7 +48,7 @@ LN2 = math.log(2.0)
 
 
 @dataclass
-class ArgmaxConfig:
+class ArgmaxConfig(Config):
     arch: str = "argmax-ar-binary"
     version: int = 1
     hidden: int = 512      # LSTM width
@@ -55,13 +57,6 @@ class ArgmaxConfig:
     mixtures: int = 4      # logistic components per 1-D conditional
     q: str = "threshold"
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ArgmaxConfig":
-        names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 # -- binary encoding -------------------------------------------------------------

@@ -48,7 +48,7 @@ import math
 import numpy as np
 import torch
 
-from amdcompress.codecs import Categorical, CorruptStreamError, Message, Windowed
+from amdcompress.codecs import Categorical, Codec, CorruptStreamError, Message, Windowed, bits_back_joint, observed
 from amdcompress.codecs.distributions import TOTAL, det_exp, windowed_logistic_mixture_counts
 from amdcompress.codecs.varint import read_head, read_varint, write_head
 
@@ -175,6 +175,41 @@ class Coder:
         nodes = (2 << i) - 2 + (x[:, None] >> (BITS - 1 - i))
         return bits, nodes
 
+    def _q(self, x: np.ndarray) -> Codec:
+        """q(j|x): the magnitude offsets of the chunk's binary codes given its symbols."""
+        return Categorical(self.q_counts[self._q_nodes(x)[1].reshape(-1)])
+
+    def _joint(self, nv: int, latents: list | None = None) -> Codec:
+        """p(x, j) of one chunk of ``nv`` symbols: ``(x, j)`` <-> the latent
+        ``z = flow(k(x, j))`` under the base, a bijection on the grid, so its cost
+        is the base's. ``latents`` collects each pushed z (for accounting)."""
+        base = self.base.codec(nv)
+
+        def push(m: Message, xj) -> Message:
+            x, j = xj
+            bits, nodes = self._q_nodes(x)
+            mag = self.q_lo[nodes.reshape(-1)] + j
+            k = np.where(bits.reshape(-1) > 0, mag, -mag - 1).reshape(nv, BITS)
+            z = self._flow(k, nv, inverse=False).reshape(-1)
+            if latents is not None:
+                latents.append(z)
+            return base.push(m, z)
+
+        def pop(m: Message):
+            m, z = base.pop(m)
+            k = self._flow(z.reshape(nv, BITS), nv, inverse=True)
+            bits = (k >= 0).astype(np.int64)
+            x = (bits << (BITS - 1 - np.arange(BITS))).sum(1)
+            if x.max() >= K:
+                raise CorruptStreamError("decoded an impossible symbol")
+            _, nodes = self._q_nodes(x)
+            j = np.where(bits > 0, k, -k - 1).reshape(-1) - self.q_lo[nodes.reshape(-1)]
+            if j.min() < 0 or j.max() >= self.W:
+                raise CorruptStreamError("latent outside q's window")
+            return m, (x, j)
+
+        return Codec(push, pop)
+
     # -- encoder -----------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, sym: np.ndarray, progress=None, stats: dict | None = None) -> bytes:
@@ -192,15 +227,13 @@ class Coder:
         bar = progress(n) if progress is not None else None
         info = 0.0
         for s, nv in chunks:
-            bits, nodes = self._q_nodes(sym[s : s + nv])
-            qc = self.q_counts[nodes.reshape(-1)]
-            m, j = Categorical(qc).pop(m)
-            mag = self.q_lo[nodes.reshape(-1)] + j
-            k = np.where(bits.reshape(-1) > 0, mag, -mag - 1).reshape(nv, BITS)
-            z = self._flow(k, nv, inverse=False).reshape(-1)
-            self.base.codec(nv).push(m, z)
+            drawn: list = []
+            latents: list = []
+            m = bits_back_joint(self._joint(nv, latents), lambda x: observed(self._q(x), drawn)).push(m, sym[s : s + nv])
             if stats is not None:
-                info += self.base.info_bits(nv, z) + float(np.log2(qc[np.arange(qc.shape[0]), j] / TOTAL).sum())
+                qc = self.q_counts[self._q_nodes(sym[s : s + nv])[1].reshape(-1)]
+                info += self.base.info_bits(nv, latents[0]) + float(
+                    np.log2(qc[np.arange(qc.shape[0]), drawn[0]] / TOTAL).sum())
             if bar is not None:
                 bar.update(nv)
         if bar is not None and hasattr(bar, "close"):
@@ -221,28 +254,14 @@ class Coder:
         """Model stream bytes -> symbols; raises CorruptStreamError (or another codec error)
         on anything that is not a stream this coder wrote with these weights."""
         stream = bytes(stream)
-        (n,), pos = read_head(stream, STREAM_VERSION, 1, "argmax-coupling", max_symbols)
+        (n,), pos = read_head(stream, STREAM_VERSION, 1, "argmax-coupling", max_symbols, empty_is_head=True)
         if n == 0:
-            if pos != len(stream):
-                raise CorruptStreamError("trailing bytes")
             return np.zeros(0, dtype=np.int64)
         m = Message.from_bytes(stream[pos:])
         out = np.zeros(n, dtype=np.int64)
         bar = progress(n) if progress is not None else None
         for s, nv in reversed(self._chunks(n)):
-            m, z = self.base.codec(nv).pop(m)
-            k = self._flow(z.reshape(nv, BITS), nv, inverse=True)
-            bits = (k >= 0).astype(np.int64)
-            x = (bits << (BITS - 1 - np.arange(BITS))).sum(1)
-            if x.max() >= K:
-                raise CorruptStreamError("decoded an impossible symbol")
-            _, nodes = self._q_nodes(x)
-            mag = np.where(bits > 0, k, -k - 1).reshape(-1)
-            j = mag - self.q_lo[nodes.reshape(-1)]
-            if j.min() < 0 or j.max() >= self.W:
-                raise CorruptStreamError("latent outside q's window")
-            Categorical(self.q_counts[nodes.reshape(-1)]).push(m, j)
-            out[s : s + nv] = x
+            m, out[s : s + nv] = bits_back_joint(self._joint(nv), self._q).pop(m)
             if bar is not None:
                 bar.update(nv)
         if bar is not None and hasattr(bar, "close"):

@@ -36,7 +36,7 @@ character, one reparameterized sample of ``q``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -44,12 +44,14 @@ import torch.nn.functional as F
 
 from ..argmax.network import BITS, K, LN2, ThresholdQ, logistic_mixture_logpdf
 
+from ..config import Config
+
 LOG_SCALE_MIN, LOG_SCALE_MAX = -6.0, 4.0
 DIM_SPLITS = ((0, 1), (0, 2, 4))     # conditioning dims of the two bit-dimension splits
 
 
 @dataclass
-class CouplingConfig:
+class CouplingConfig(Config):
     arch: str = "argmax-coupling-binary"
     version: int = 1
     chunk: int = 128        # characters per chunk (L)
@@ -61,13 +63,6 @@ class CouplingConfig:
     shift_max: float = 8.0  # |shift| bound (units of v)
     q: str = "threshold"
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "CouplingConfig":
-        names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def pad_k(delta_bits: int) -> int:

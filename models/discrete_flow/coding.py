@@ -236,15 +236,9 @@ def nll_bits(model: DiscreteFlow, sym: np.ndarray) -> float:
 def load(weights: dict) -> DiscreteFlow:
     """The eval-mode, float32 model of checked weights (the face in
     models/registry.py); ValueError if they do not fit the architecture."""
-    model = DiscreteFlow(DiscreteFlowConfig.from_dict(weights["config"]))
-    try:
-        model.load_state_dict(weights["state_dict"])
-    except RuntimeError as e:
-        raise ValueError(f"weights do not fit the discrete-flow architecture ({str(e).splitlines()[0]})") from None
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    from ..registry import load_into
+
+    return load_into(DiscreteFlow(DiscreteFlowConfig.from_dict(weights["config"])), weights, "discrete-flow")
 
 
 def compress(model: DiscreteFlow, sym: np.ndarray, *, progress=None, stats: dict | None = None) -> bytes:

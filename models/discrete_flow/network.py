@@ -35,17 +35,19 @@ nets work at any length and the factorized base uses its first positions.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import Config
+
 LN2 = math.log(2.0)
 
 
 @dataclass
-class DiscreteFlowConfig:
+class DiscreteFlowConfig(Config):
     arch: str = "discrete-flow-bipartite"
     version: int = 1
     k: int = 27              # alphabet size
@@ -59,13 +61,6 @@ class DiscreteFlowConfig:
     hidden: int = 512        # LSTM width (ar base)
     emb: int = 64            # z embedding (ar base)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DiscreteFlowConfig":
-        names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 # -- modular arithmetic ----------------------------------------------------------

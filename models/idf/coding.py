@@ -371,15 +371,9 @@ def model_bits(model: IDF, images: np.ndarray, batch: int = 100) -> float:
 
 def load(weights: dict) -> IDF:
     """The eval-mode IDF of checked weights; ValueError if they do not fit."""
-    model = IDF(weights["config"])
-    try:
-        model.load_state_dict(weights["state_dict"])
-    except RuntimeError as e:
-        raise ValueError(f"weights do not fit the IDF architecture ({str(e).splitlines()[0]})") from None
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    from ..registry import load_into
+
+    return load_into(IDF(weights["config"]), weights, "IDF")
 
 
 def compress(model: IDF, images: np.ndarray, *, progress: Callable | None = None, stats: dict | None = None,
