@@ -293,17 +293,21 @@ def test_training_script_runs_and_exports(tmp_path):
     common = ["--data", str(data), "--valid", str(valid), "--out", str(tmp_path / "run"), "--hidden", "16",
               "--emb", "8", "--head", "16", "--mixtures", "2", "--batch", "4", "--bptt", "32", "--no-tqdm",
               "--eval-chars", "800", "--eval-minutes", "0.05", "--ckpt-minutes", "0.05", "--log-every", "1000"]
-    train_argmax.main(common + ["--minutes", "0.1"])
+    assert train_argmax.main(common + ["--minutes", "0.1"]) == 0
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     evals = [r["valid_elbo_bpc"] for r in rows]
     assert len(evals) >= 2 and evals[-1] < evals[0] and all(r["valid_nll_bpc"] <= r["valid_elbo_bpc"] for r in rows)
     ck = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
     assert ck["step"] > 0
-    train_argmax.main(common + ["--minutes", "0.12", "--resume", str(tmp_path / "run" / "last.pt")])
-    assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["step"] >= ck["step"]
+    assert rows[-1]["chars_seen"] == ck["seen"] == ck["step"] * 4 * 32
+    assert train_argmax.main(common + ["--minutes", "0.03", "--resume", str(tmp_path / "run" / "last.pt")]) == 0
+    ck1 = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert ck1["step"] >= ck["step"] and ck1["runs"][-1]["from_chars_seen"] == ck["seen"]
     out = tmp_path / "w.pt"
-    train_argmax.main(common + ["--export", str(tmp_path / "run" / "best.pt"), "--weights-out", str(out)])
+    assert train_argmax.main(common + ["--export", str(tmp_path / "run" / "best.pt"), "--weights-dir", str(tmp_path),
+                                       "--weights-name", "w"]) == 0
     meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["name"] == "w" and meta["model"] == "argmax" and meta["valid_nll_bpc"] <= meta["valid_elbo_bpc"]
     assert meta["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     assert registry.sha256_file(out) == meta["sha256"]
     model, tables = load_file(ac, out)

@@ -267,17 +267,18 @@ def test_training_script_runs_and_exports(tmp_path):
               "--layers", "2", "--hidden", "8", "--kernel", "3", "--mixtures", "2", "--batch", "8",
               "--eval-chars", "800", "--eval-minutes", "0.05", "--ckpt-minutes", "0.05", "--log-every", "1000",
               "--lr", "5e-3", "--warmup", "10"]
-    tr.main(common + ["--minutes", "0.1"])
+    assert tr.main(common + ["--minutes", "0.1"]) == 0
     rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     evals = [r["valid_elbo_bpc"] for r in rows]
     assert len(evals) >= 2 and evals[-1] < evals[0] - 0.5, evals       # the loss drops
     ck = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
     assert ck["step"] > 0
-    tr.main(common + ["--minutes", "0.12", "--resume", str(tmp_path / "run" / "last.pt")])
+    assert tr.main(common + ["--minutes", "0.03", "--resume", str(tmp_path / "run" / "last.pt")]) == 0
     ck1 = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
     assert ck1["step"] >= ck["step"] and [r["from_step"] for r in ck1["runs"]] == [0, ck["step"]]
     out = tmp_path / "w.pt"
-    tr.main(common + ["--export", str(tmp_path / "run" / "best.pt"), "--weights-out", str(out)])
+    assert tr.main(common + ["--export", str(tmp_path / "run" / "best.pt"), "--weights-dir", str(tmp_path),
+                             "--weights-name", "w"]) == 0
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     assert meta["model"] == "argmax-coupling" and meta["valid_elbo_bpc"] > 0
@@ -287,7 +288,11 @@ def test_training_script_runs_and_exports(tmp_path):
     sym = to_sym(TEXT)
     assert np.array_equal(c.decode(c.encode(sym)), sym)
     # training continues from the shipped file alone, counting its steps and minutes
-    tr.main(common + ["--minutes", "0.3", "--resume", str(out), "--out", str(tmp_path / "run2")])
+    assert tr.main(common + ["--max-steps", str(meta["steps"] + 3), "--resume", str(out),
+                             "--out", str(tmp_path / "run2")]) == 0
     ck2 = torch.load(tmp_path / "run2" / "last.pt", weights_only=False)
-    assert ck2["step"] > meta["steps"]  # the shipped record's history continues:
-    assert ck2["runs"][:-1] == meta["training_runs"] and ck2["runs"][-1]["from_step"] == meta["steps"]
+    assert ck2["step"] == meta["steps"] + 3  # the shipped record's history continues, marked with that export:
+    assert [{k: v for k, v in r.items() if k != "export"} for r in ck2["runs"][:-1]] == meta["training_runs"]
+    assert ck2["runs"][-2]["export"]["valid_elbo_bpc"] == meta["valid_elbo_bpc"]
+    assert ck2["runs"][-1]["from_step"] == meta["steps"]
+    assert "warms up again" in (tmp_path / "run2" / "log.txt").read_text()

@@ -229,15 +229,21 @@ def test_train_script_resume_and_export(tmp_path):
               "--eval-chars", "512", "--no-tqdm"]
     assert train_diffusion.main(common + ["--max-steps", "3", "--config", json.dumps(TINY)]) == 0
     ck = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
-    assert {"model", "ema", "optimizer"} <= set(ck) and ck["history"]["step"] == 3
+    assert {"model", "ema", "optimizer"} <= set(ck) and ck["step"] == 3 and ck["seen"] == 3 * 2 * 256
+    assert ck["extra"]["sampler"]["count"] != [0] * len(ck["extra"]["sampler"]["count"])
     assert train_diffusion.main(common + ["--max-steps", "5", "--resume", str(tmp_path / "run" / "last.pt")]) == 0
-    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["history"]["step"] == 5
-    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["valid_elbo_bpc"] > 0
+    ck = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert ck["step"] == 5 and [r["from_step"] for r in ck["runs"]] == [0, 3]
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["valid_elbo_bpc"] > 0 and last["chars_seen"] == 5 * 2 * 256 and "train_elbo_bpc" in last
     wdir = tmp_path / "weights"
     assert train_diffusion.main(["--export", "--resume", str(tmp_path / "run" / "last.pt"), "--weights-dir", str(wdir),
                                  "--valid", str(tmp_path / "valid.txt"), "--export-eval-chars", "512"]) == 0
     rec = json.loads((wdir / "diffusion-v1.json").read_text())
     assert rec["sha256"] == registry.sha256_file(wdir / "diffusion-v1.pt") and rec["steps"] == 5
+    assert rec["chars_seen"] == 5 * 2 * 256 and len(rec["earlier_commands"]) == 1 and rec["valid_elbo_bpc"] > 0
+    shipped = registry.read_weights(wdir / "diffusion-v1.pt")["state_dict"]
+    assert shipped["alpha_bar"].dtype == torch.float64
 
 
 def test_importance_sampler_weights_are_inverse_probabilities():

@@ -322,13 +322,15 @@ def test_training_script_runs_resumes_and_exports(tmp_path):
     common = ["--data", str(data), "--valid", str(valid), "--out", str(tmp_path / "run"), "--hidden", "16",
               "--emb", "8", "--net-hidden", "8", "--layers", "1", "--chunk", "32", "--batch", "4",
               "--eval-chars", "1000", "--eval-minutes", "0.02", "--ckpt-minutes", "0.02", "--log-every", "1000"]
-    res = tdf.main(common + ["--minutes", "0.03"])
-    assert res["steps"] > 0 and res["valid_bpc"] < math.log2(27)
+    assert tdf.main(common + ["--minutes", "0.03"]) == 0
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["step"] > 0 and last["valid_bpc"] < math.log2(27) and last["chars_seen"] == last["step"] * 4 * 32
     step = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["step"]
-    tdf.main(common + ["--minutes", "0.05", "--resume", str(tmp_path / "run" / "last.pt")])
+    assert tdf.main(common + ["--minutes", "0.02", "--resume", str(tmp_path / "run" / "last.pt")]) == 0
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["step"] > step
     out = tmp_path / "w.pt"
-    tdf.main(common + ["--export", str(tmp_path / "run" / "best.pt"), "--weights-out", str(out)])
+    assert tdf.main(common + ["--export", str(tmp_path / "run" / "best.pt"), "--weights-dir", str(tmp_path),
+                              "--weights-name", "w"]) == 0
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest() and meta["config"]["layers"] == 1
     assert registry.sha256_file(out) == meta["sha256"]
@@ -336,5 +338,6 @@ def test_training_script_runs_resumes_and_exports(tmp_path):
     sym = to_sym(TEXT)
     assert np.array_equal(dc.decode_symbols(model, dc.encode_symbols(model, sym)), sym)
     # training continues from the shipped file alone, counting its steps
-    tdf.main(common + ["--minutes", str(meta["minutes"] + 0.03), "--resume", str(out), "--out", str(tmp_path / "run2")])
-    assert torch.load(tmp_path / "run2" / "last.pt", weights_only=False)["step"] > meta["steps"]
+    assert tdf.main(common + ["--max-steps", str(meta["steps"] + 2), "--resume", str(out),
+                              "--out", str(tmp_path / "run2")]) == 0
+    assert torch.load(tmp_path / "run2" / "last.pt", weights_only=False)["step"] == meta["steps"] + 2

@@ -253,14 +253,22 @@ def test_short_training_lowers_loss():
     assert loss.item() < first - 0.5
 
 
-def test_lr_warms_up_again_after_a_fresh_optimizer():
-    from amdcompress.models.idf import train as train_idf
+def idf_args(*argv):
+    from amdcompress.models import training
+    from amdcompress.models.idf.train import IdfTrainer
 
-    a = train_idf.parse_args(["--warmup", "100", "--lr", "1e-3", "--half-life", "1e12"])
-    assert train_idf.lr_at(5000, a) == pytest.approx(1e-3)
-    assert train_idf.lr_at(5000, a, rewarm_from=5000) == pytest.approx(1e-5)
-    assert train_idf.lr_at(5049, a, rewarm_from=5000) == pytest.approx(5e-4)
-    assert train_idf.lr_at(5200, a, rewarm_from=5000) == pytest.approx(1e-3)
+    return training.parser(IdfTrainer()).parse_args(list(argv))
+
+
+def test_lr_warms_up_again_after_a_fresh_optimizer():
+    from amdcompress.models.training import schedule_lr
+
+    a = idf_args("--warmup", "100", "--lr", "1e-3", "--half-life", "1e12")
+    assert a.schedule == "exp"
+    assert schedule_lr(a, 5000) == pytest.approx(1e-3)
+    assert schedule_lr(a, 5000, rewarm_from=5000) == pytest.approx(1e-5)
+    assert schedule_lr(a, 5049, rewarm_from=5000) == pytest.approx(5e-4)
+    assert schedule_lr(a, 5200, rewarm_from=5000) == pytest.approx(1e-3)
 
 
 def test_train_script_resume_and_export(tmp_path):
@@ -269,35 +277,54 @@ def test_train_script_resume_and_export(tmp_path):
     np.save(tmp_path / "train.npy", images(16, 16, 16))
     np.save(tmp_path / "test.npy", images(4, 16, 16, seed=20))
     common = ["--data", str(tmp_path / "train.npy"), "--test-data", str(tmp_path / "test.npy"),
-              "--out", str(tmp_path / "run"), "--batch", "8", "--threads", "1"]
+              "--out", str(tmp_path / "run"), "--batch", "8", "--threads", "1", "--no-tqdm"]
     assert train_idf.main(common + ["--max-steps", "3", "--config", json.dumps(TINY)]) == 0
     ck = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
-    assert ck["step"] == 3 and {"model", "ema", "optimizer", "elapsed"} <= set(ck)
+    assert ck["step"] == 3 and ck["seen"] == 24 and {"model", "ema", "optimizer", "elapsed", "runs"} <= set(ck)
     assert train_idf.main(common + ["--max-steps", "5", "--resume", str(tmp_path / "run" / "last.pt")]) == 0
-    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 5
-    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    assert json.loads(lines[-1])["test_bpd"] > 0
+    ck = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert ck["step"] == 5 and ck["seen"] == 40
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 3, 5] and [r["images_seen"] for r in rows] == [0, 24, 40]
+    assert all(r["test_bpd"] > 0 and r["minutes"] >= 0 for r in rows) and rows[-1]["train_bpd"] > 0
+    assert "warms up again" not in (tmp_path / "run" / "log.txt").read_text()
     wdir = tmp_path / "weights"
-    assert train_idf.main(["--export", "--resume", str(tmp_path / "run" / "last.pt"), "--weights-dir", str(wdir)]) == 0
-    name = train_idf.WEIGHTS_NAME
-    rec = json.loads((wdir / f"{name}.json").read_text())
-    assert rec["sha256"] == registry.sha256_file(wdir / f"{name}.pt") and rec["steps"] == 5
-    # the record lists every run that led to the weights, the checkpoint resume included
+    export = ["--export", "--resume", str(tmp_path / "run" / "last.pt"), "--weights-dir", str(wdir),
+              "--weights-name", "idf-t1"]
+    assert train_idf.main(export) == 0
+    rec = json.loads((wdir / "idf-t1.json").read_text())
+    assert rec["name"] == "idf-t1" and rec["file"] == "idf-t1.pt" and not (wdir / f"{train_idf.WEIGHTS_NAME}.pt").exists()
+    assert rec["sha256"] == registry.sha256_file(wdir / "idf-t1.pt") and rec["steps"] == 5 and rec["images_seen"] == 40
+    # the record lists every run that led to the weights, with their evaluations
     assert len(rec["earlier_commands"]) == 1 and "--max-steps 3" in rec["earlier_commands"][0]
     assert "--max-steps 5" in rec["command"]
+    assert [e["step"] for r in rec["training_runs"] for e in r["evals"]] == [0, 3, 5]
+    # its held-out number is that of exactly the shipped (float16) weights
+    shipped = IDF(rec["config"])
+    shipped.load_state_dict(registry.read_weights(wdir / "idf-t1.pt")["state_dict"])
+    assert rec["final_test_bpd"] == pytest.approx(train_idf.evaluate(shipped, np.load(tmp_path / "test.npy")))
+    # existing weights are never replaced without --replace
+    before = (wdir / "idf-t1.pt").read_bytes()
+    with pytest.raises(SystemExit, match="new --weights-name"):
+        train_idf.main(export)
+    assert (wdir / "idf-t1.pt").read_bytes() == before
     # resuming from the shipped file alone works too; its optimizer starts fresh, so the lr warms up again
-    assert train_idf.main(common + ["--max-steps", "6", "--resume", str(wdir / f"{name}.pt"),
+    assert train_idf.main(common + ["--max-steps", "6", "--resume", str(wdir / "idf-t1.pt"),
                                     "--out", str(tmp_path / "run2")]) == 0
     assert "warms up again" in (tmp_path / "run2" / "log.txt").read_text()
     last = json.loads((tmp_path / "run2" / "metrics.jsonl").read_text().splitlines()[-1])
-    assert last["step"] == 6 and last["lr"] < train_idf.lr_at(6, train_idf.parse_args([])) / 100
+    assert last["step"] == 6 and last["lr"] < idf_args().lr / 100 and last["images_seen"] == 48
+    ck2 = torch.load(tmp_path / "run2" / "last.pt", weights_only=True)
+    assert [r["command"] for r in ck2["runs"][:-1]] == rec["earlier_commands"] + [rec["command"]]
+    assert ck2["runs"][-2]["export"]["final_test_bpd"] == rec["final_test_bpd"]
     # growing a top cascade and training only it leaves the rest of the model as shipped
-    assert train_idf.main(common + ["--max-steps", "9", "--resume", str(wdir / f"{name}.pt"), "--top-groups", "3",
+    assert train_idf.main(common + ["--max-steps", "9", "--resume", str(wdir / "idf-t1.pt"), "--top-groups", "3",
                                     "--train-only", "top_cascade.", "--lr", "0.01",
                                     "--out", str(tmp_path / "run3")]) == 0
-    shipped = torch.load(wdir / f"{name}.pt", weights_only=True)["state_dict"]
+    shipped = torch.load(wdir / "idf-t1.pt", weights_only=True)["state_dict"]
     grown = torch.load(tmp_path / "run3" / "last.pt", weights_only=True)
     assert grown["config"]["top_groups"] == 3 and grown["step"] == 9
+    assert all(k.startswith("top_cascade.") for k in grown["trainable"])
     for k, v in shipped.items():
         assert torch.equal(grown["ema"][k], v.float()) and torch.equal(grown["model"][k], v.float()), k
     assert any(grown["model"][k].abs().sum() > 0 for k in grown["model"] if k.startswith("top_cascade.")
@@ -311,6 +338,94 @@ def test_train_script_resume_and_export(tmp_path):
     for k, v in grown["ema"].items():  # training only a part starts the rest from the averaged weights
         assert torch.equal(grown2["model"][k], v), k
     assert grown2["model"]["contexts.0.net.conv_out.weight"].abs().sum() > 0
+
+
+def _old_layout_run(tmp_path):
+    """A weights file with its record, and a checkpoint in the layout the IDF
+    trainer wrote before the shared harness (keys config, model, ema,
+    optimizer, step, elapsed, args, history), resumed from that file, with
+    its metrics.jsonl: as the idf5 run writes them."""
+    wdir = tmp_path / "weights"
+    wdir.mkdir()
+    torch.manual_seed(0)
+    m = IDF(make_config(**TINY))
+    torch.save({"format": "amdcompress-idf", "config": m.config, "meta": {"steps": 10, "minutes": 1.5},
+                "state_dict": registry.compact_state_dict(m.state_dict())}, wdir / "idf-old.pt")
+    (wdir / "idf-old.json").write_text(json.dumps({
+        "name": "idf-old", "file": "idf-old.pt", "sha256": registry.sha256_file(wdir / "idf-old.pt"), "steps": 10,
+        "minutes": 1.5, "final_test_bpd": 30.0, "command": "cmd-A", "earlier_commands": ["cmd-0"]}))
+    opt = torch.optim.Adamax(m.parameters(), lr=1e-3)
+    x = to_input(images(4, 16, 16))
+    for _ in range(2):
+        loss, _ = m(x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    ema = {k: v.detach().clone() + 0.001 if v.is_floating_point() else v.clone() for k, v in m.state_dict().items()}
+    run = tmp_path / "run"
+    run.mkdir()
+    old_cmd = "python -m amdcompress.models.train_idf --resume idf-old.pt --out run"
+    ck = {"config": m.config, "model": m.state_dict(), "ema": ema, "optimizer": opt.state_dict(), "step": 12,
+          "elapsed": 100.0, "args": {"resume": str(wdir / "idf-old.pt"), "batch": 8, "data": "train.npy"},
+          "history": {"command": old_cmd, "earlier_commands": ["cmd-0", "cmd-A"], "train_bpd": 5.0,
+                      "test_bpd": 6.0, "best_test_bpd": 6.0, "best_step": 12, "device": "cpu (x)", "threads": 2,
+                      "train_images": 16, "images_per_s": 1.0}}
+    torch.save(ck, run / "last.pt")
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (
+        {"step": 5, "minutes": 0.5, "test_bpd": 9.0}, {"step": 11, "minutes": 1.6, "test_bpd": 6.5, "train_bpd": 5.1},
+        {"step": 12, "minutes": 1.7, "test_bpd": 6.0, "train_bpd": 5.0})))
+    return wdir, run, ck, old_cmd
+
+
+def test_old_layout_checkpoint_resumes_and_exports(tmp_path):
+    from amdcompress.models.idf import train as train_idf
+
+    wdir, run, old, old_cmd = _old_layout_run(tmp_path)
+    np.save(tmp_path / "train.npy", images(16, 16, 16))
+    np.save(tmp_path / "test.npy", images(4, 16, 16, seed=20))
+    common = ["--data", str(tmp_path / "train.npy"), "--test-data", str(tmp_path / "test.npy"), "--out", str(run),
+              "--batch", "8", "--no-tqdm", "--resume", str(run / "last.pt")]
+    # the old checkpoint exports as it is
+    assert train_idf.main(["--export", "--resume", str(run / "last.pt"), "--weights-dir", str(wdir),
+                           "--weights-name", "idf-a", "--test-data", str(tmp_path / "test.npy")]) == 0
+    rec = json.loads((wdir / "idf-a.json").read_text())
+    assert rec["steps"] == 12 and rec["minutes"] == pytest.approx(100 / 60, abs=0.01)
+    assert rec["earlier_commands"] == ["cmd-0", "cmd-A"] and rec["command"] == old_cmd
+    assert rec["training_runs"][1]["export"]["final_test_bpd"] == 30.0
+    assert [e["step"] for e in rec["training_runs"][2]["evals"]] == [11, 12]
+    # resumed without a step: model, EMA, optimizer, step, minutes continue exactly
+    assert train_idf.main(common + ["--max-steps", "12"]) == 0
+    ck = torch.load(run / "last.pt", weights_only=True)
+    log = (run / "log.txt").read_text()
+    assert "warms up again" not in log and "not restored" not in log
+    assert ck["step"] == 12 and ck["elapsed"] == pytest.approx(100.0, abs=1.0) and ck["best"] == 6.0
+    for k in old["model"]:
+        assert torch.equal(ck["model"][k], old["model"][k]) and torch.equal(ck["ema"][k], old["ema"][k]), k
+    assert ck["optimizer"]["state"][0]["step"] == old["optimizer"]["state"][0]["step"]
+    assert [r["command"] for r in ck["runs"]][:3] == ["cmd-0", "cmd-A", old_cmd]
+    assert ck["seen"] == 12 * 8  # not counted then: estimated as steps x batch
+    # ... and it trains on from there
+    assert train_idf.main(common + ["--max-steps", "14"]) == 0
+    ck = torch.load(run / "last.pt", weights_only=True)
+    assert ck["step"] == 14 and ck["seen"] == 14 * 8 and ck["runs"][-1]["from_images_seen"] == 12 * 8
+    assert ck["runs"][2]["images_seen_is"].startswith("estimated") and ck["runs"][2]["data"]["train_images"] == 16
+    assert int(ck["optimizer"]["state"][0]["step"]) == int(old["optimizer"]["state"][0]["step"]) + 2
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows][-2:] == [12, 14] and rows[-1]["images_seen"] == 14 * 8
+    # --export-at-end writes only the name given, only if it beats that name's record, never over other weights
+    shipped = (wdir / "idf-old.pt").read_bytes()
+    assert train_idf.main(common + ["--max-steps", "15", "--export-at-end", "--weights-name", "idf-old",
+                                    "--weights-dir", str(wdir)]) == 0
+    assert (wdir / "idf-old.pt").read_bytes() == shipped and "new --weights-name" in (run / "log.txt").read_text()
+    assert train_idf.main(common + ["--max-steps", "16", "--export-at-end", "--weights-name", "idf-b",
+                                    "--weights-dir", str(wdir)]) == 0
+    rec = json.loads((wdir / "idf-b.json").read_text())
+    assert sorted(p.name for p in wdir.glob("*.pt")) == ["idf-a.pt", "idf-b.pt", "idf-old.pt"]
+    assert rec["steps"] == 16 and rec["earlier_commands"][:3] == ["cmd-0", "cmd-A", old_cmd]
+    assert len(rec["earlier_commands"]) == 6 and "--max-steps 16" in rec["command"]
+    assert train_idf.main(common + ["--max-steps", "16", "--export-at-end", "--weights-name", "idf-b",
+                                    "--weights-dir", str(wdir), "--replace"]) == 0  # no better: kept
+    assert json.loads((wdir / "idf-b.json").read_text())["sha256"] == rec["sha256"]
 
 
 # -- registry ---------------------------------------------------------------------------
