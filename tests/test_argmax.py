@@ -175,6 +175,7 @@ def test_bits_back_round_trip(tiny, monkeypatch, n):
         assert len(stream) * 8 < stats["info_bits"] + 32 * (stats["initial_words_used"] + 4) + 64
 
 
+@pytest.mark.slow
 def test_coded_size_tracks_elbo():
     """A model trained for a moment on one phrase: coded bits close to its ELBO."""
     torch.manual_seed(5)
@@ -228,6 +229,7 @@ else:
 """
 
 
+@pytest.mark.slow
 def test_separate_processes_agree(weights_file, tmp_path):
     raw = np.random.default_rng(11).integers(0, 256, 150, dtype=np.uint8).tobytes()
     (tmp_path / "in").write_bytes(raw)
@@ -283,6 +285,7 @@ def test_backend_registered():
 
 
 # -- training --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_training_script_runs_and_exports(tmp_path):
     from amdcompress.models.argmax import train as train_argmax
 

@@ -147,6 +147,7 @@ def test_bits_back_round_trip(coder, n):
         assert stats["initial_words_used"] * 32 <= WARMUP_FIRST * 5 * 24
 
 
+@pytest.mark.slow
 def test_coded_size_tracks_elbo():
     """A tiny model trained for a moment: coded bits close to (below) its ELBO
     on a moderately long input, far below the untrained model."""
@@ -204,6 +205,7 @@ else:
 """
 
 
+@pytest.mark.slow
 def test_separate_processes_agree(weights_file, tmp_path):
     raw = np.random.default_rng(11).integers(0, 256, 150, dtype=np.uint8).tobytes()
     (tmp_path / "in").write_bytes(raw)
@@ -256,6 +258,7 @@ def test_backend_registered_and_api_round_trip(weights_file, monkeypatch):
 
 
 # -- training --------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_training_script_runs_and_exports(tmp_path):
     from amdcompress.models.argmax_coupling import train as tr
 

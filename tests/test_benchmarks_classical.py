@@ -17,6 +17,7 @@ pytest.importorskip("matplotlib")
 from benchmarks import classical, report  # noqa: E402
 
 
+@pytest.mark.slow
 def test_classical_benchmark_and_report(tmp_path):
     data_dir = classical.resolve_data_dir(None)
     if not (data_dir / classical.IMAGE_FILE).is_file() or not (data_dir / classical.TEXT_FILE).is_file():

@@ -20,6 +20,7 @@ def text_file(tmp_path):
     return p
 
 
+@pytest.mark.slow
 def test_encode_decode_default_names(tmp_path, text_file):
     assert main(["encode", "-q", str(text_file)]) == 0
     amd = tmp_path / "a.txt.amd"
@@ -30,6 +31,7 @@ def test_encode_decode_default_names(tmp_path, text_file):
     assert text_file.read_bytes() == original
 
 
+@pytest.mark.slow
 def test_refuses_overwrite_without_force(tmp_path, text_file, capsys):
     out = tmp_path / "x.amd"
     out.write_bytes(b"keep me")
@@ -41,6 +43,7 @@ def test_refuses_overwrite_without_force(tmp_path, text_file, capsys):
     assert out.read_bytes()[:3] == b"AMD"
 
 
+@pytest.mark.slow
 def test_never_overwrites_input(tmp_path, text_file):
     before = text_file.read_bytes()
     assert main(["encode", "-f", str(text_file), "-o", str(text_file)]) == 1
@@ -60,6 +63,7 @@ def test_bad_amd_files_fail_cleanly(tmp_path, capsys, content, msg):
     assert [p.name for p in tmp_path.iterdir()] == ["bad.amd"]  # no temp file left behind
 
 
+@pytest.mark.slow
 def test_corrupt_payload_leaves_no_output(tmp_path, text_file):
     amd = tmp_path / "a.amd"
     assert main(["encode", "-q", str(text_file), "-o", str(amd)]) == 0
@@ -96,6 +100,7 @@ def test_info_json_and_models(tmp_path, capsys):
     assert main(["test", str(img) + ".amd"]) == 0
 
 
+@pytest.mark.slow
 def test_stdin_stdout_through_installed_script(tmp_path):
     exe = shutil.which("amdcompress")
     if exe is None:
@@ -109,6 +114,7 @@ def test_stdin_stdout_through_installed_script(tmp_path):
     assert bad.returncode == 1 and bad.stdout == b"" and bad.stderr.count(b"\n") == 1
 
 
+@pytest.mark.slow
 def test_python_dash_m_entry(tmp_path, text_file):
     r = subprocess.run([sys.executable, "-m", "amdcompress", "encode", "-q", str(text_file)], capture_output=True)
     assert r.returncode == 0, r.stderr

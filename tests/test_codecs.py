@@ -266,6 +266,7 @@ sys.stdout.write(m.to_bytes().hex())
 """
 
 
+@pytest.mark.slow
 def test_two_processes_produce_identical_bytes():
     outs = [subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, check=True).stdout
             for _ in range(2)]

@@ -80,6 +80,7 @@ def test_unknown_flags_and_misplaced_checksum_flag_are_clear():
 
 
 @pytest.mark.parametrize("model", ["auto", "store", "lzma"])
+@pytest.mark.slow
 def test_text_roundtrip(text8, model):
     raw = text8[:20000]
     blob = amdcompress.compress(raw, model=model)

@@ -185,6 +185,7 @@ else:
 """
 
 
+@pytest.mark.slow
 def test_encode_decode_in_separate_processes(tiny, tmp_path):
     wpath, xpath = tmp_path / "w.pt", tmp_path / "x.npy"
     torch.save({"config": tiny.config, "state_dict": tiny.state_dict()}, wpath)

@@ -186,6 +186,7 @@ open(sys.argv[4], "wb").write(encode_symbols(model, sym))
 """
 
 
+@pytest.mark.slow
 def test_separate_processes_agree(weights_file, tmp_path):
     raw = np.random.default_rng(11).integers(0, 256, 333, dtype=np.uint8).tobytes()
     (tmp_path / "in").write_bytes(raw)
@@ -312,6 +313,7 @@ def test_coupling_learns_what_a_factorized_base_cannot():
     assert bool((loc[:, 1::2] != 0).any() or (scale[:, 1::2] != 1).any())   # the flow left the identity
 
 
+@pytest.mark.slow
 def test_training_script_runs_resumes_and_exports(tmp_path):
     from amdcompress.models.discrete_flow import train as tdf
 

@@ -206,6 +206,7 @@ _CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_separate_processes_agree(tmp_path):
     """Encode here and in a child process (another thread setting in its
     environment): identical payloads; the child decodes this process's payload."""

@@ -10,6 +10,7 @@ from amdcompress.codecs import textstream
 
 @given(raw=st.binary(max_size=2000) | st.text(max_size=500).map(lambda s: s.encode("utf-8")))
 @settings(max_examples=80, deadline=None)
+@pytest.mark.slow
 def test_split_join_roundtrip(raw):
     a = np.frombuffer(raw, dtype=np.uint8)
     symbols, esc = textstream.split(a)
@@ -26,6 +27,7 @@ def test_pure_text8_has_no_escapes():
 
 @given(junk=st.binary(min_size=1, max_size=40))
 @settings(max_examples=100, deadline=None)
+@pytest.mark.slow
 def test_corrupt_escapes_raise_or_stay_in_bounds(junk):
     """Raw LZMA2 has no checksum (the container's CRC does that job): a damaged
     escape table must raise AmdError or yield a well-formed array, nothing else."""
