@@ -22,7 +22,6 @@ _LUT[np.frombuffer(ALPHABET, dtype=np.uint8)] = np.arange(K)
 _FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 
 
-_varint = write_varint
 
 
 def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -42,9 +41,9 @@ def split(raw: np.ndarray) -> tuple[np.ndarray, bytes]:
     if esc.size == 0:
         return symbols, b""
     gaps = np.diff(esc, prepend=-1) - 1
-    table = bytearray(_varint(len(esc)))
+    table = bytearray(write_varint(len(esc)))
     for g in gaps.tolist():
-        table += _varint(g)
+        table += write_varint(g)
     table += raw[esc].tobytes()
     return symbols, lzma.compress(bytes(table), format=lzma.FORMAT_RAW, filters=_FILTERS)
 
@@ -94,7 +93,7 @@ def escape_count(escapes: bytes, n: int) -> int:
 
 def pack(model_stream: bytes, escapes: bytes) -> bytes:
     """A text model's payload: varint(len(model_stream)) + model_stream + escapes."""
-    return _varint(len(model_stream)) + model_stream + escapes
+    return write_varint(len(model_stream)) + model_stream + escapes
 
 
 def unpack(payload: bytes) -> tuple[bytes, bytes]:

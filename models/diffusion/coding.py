@@ -80,7 +80,6 @@ MAX_BLOCK = 4096
 
 
 # --------------------------------------------------------------------------- helpers
-_varint = write_varint
 
 
 def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -273,9 +272,9 @@ class DiffusionCoder:
             raise ValueError("symbols outside 0..26")
         if not 1 <= steps <= self.T:
             raise AmdError(f"diffusion steps must be in 1..{self.T}, got {steps}")
-        head = bytes([VERSION]) + _varint(steps) + _varint(self.block) + _varint(n)
+        head = bytes([VERSION]) + write_varint(steps) + write_varint(self.block) + write_varint(n)
         if n == 0:
-            return head + _varint(0)
+            return head + write_varint(0)
         ts = chain(self.T, steps)
         bar = _Ticker(progress, steps, n) if progress is not None else None
         m = Message.seeded(seed_words_for(n))
@@ -306,7 +305,7 @@ class DiffusionCoder:
 
             stats["elbo_bits"] = stats.get("elbo_bits", 0.0) + n * prior_kl_bits(float(self.abar[-1]))
             stats.update(symbols=n, steps=steps, generations=gens)
-        plan = _varint(len(gens)) + b"".join(_varint(g) for g in gens)
+        plan = write_varint(len(gens)) + b"".join(write_varint(g) for g in gens)
         return head + plan + m.to_bytes()
 
     def decode(self, data: bytes, max_symbols: int | None = None, progress=None) -> np.ndarray:
