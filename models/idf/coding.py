@@ -309,33 +309,18 @@ def _decode(model: IDF, m: Message, shape: tuple[int, int, int, int], progress: 
     chunks = image_chunks(n, hp, wp)
     out = np.empty((n, h, w, c), dtype=np.uint8)
     bar = progress(len(chunks)) if progress else None
-    L = len(model.levels)
     model.eval()
     with coding_mode(CODING_THREADS):
         for s, e in chunks:
-            k = e - s
-            a_shape = model.top_shape(k, hp, wp)
-            bounds = model.top_bounds()
-            x = torch.empty(a_shape[0], 0, a_shape[2], a_shape[3])
-            for g in range(len(bounds) - 1):
-                params = model.top_params(g, x if g else None, k, a_shape[2], a_shape[3])
-                m, z = _coder(Part(None, *params)).pop(m)
-                zg = torch.from_numpy(z.astype(np.float32)).reshape(k, bounds[g + 1] - bounds[g], *a_shape[2:])
-                x = torch.cat([x, zg], dim=1)
-            for lev in reversed(range(L)):
-                base = model.priors[lev](x)
-                cz = model.chans[lev] - model.chans[lev] // 2
-                ctx = model.context(lev)
-                if ctx is None:
-                    m, z = _coder(Part(None, *base)).pop(m)
-                    zo = torch.from_numpy(z.astype(np.float32)).reshape(x.shape[0], cz, x.shape[2], x.shape[3])
-                else:
-                    zo = torch.zeros(x.shape[0], cz, x.shape[2], x.shape[3])
-                    smap = ctx.stage_map(x.shape[2], x.shape[3])
-                    for st in range(ctx.stages):
-                        m, z = _coder(Part(None, *ctx.stage_params(st, smap, x, zo, base))).pop(m)
-                        zo[:, smap == st] = torch.from_numpy(z.astype(np.float32)).reshape(x.shape[0], -1)
-                x = model.invert_level(lev, x, zo)
+            steps = model.generate(e - s, hp, wp)
+            part = next(steps)
+            while True:  # pop each part in the model's generative order
+                m, z = _coder(part).pop(m)
+                try:
+                    part = steps.send(torch.from_numpy(z.astype(np.float32)))
+                except StopIteration as done:
+                    x = done.value
+                    break
             px = (x + CENTER).permute(0, 2, 3, 1).numpy()
             if not np.all(np.isfinite(px)) or px.min() < 0 or px.max() > 255:
                 raise AmdError("corrupt payload (decoded pixels out of range)")

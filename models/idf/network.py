@@ -436,6 +436,36 @@ class IDF(nn.Module):
         dims = x[0].numel()
         return bits.mean() / dims, bits
 
+    # -- the generative order ------------------------------------------------
+    def generate(self, n: int, h: int, w: int):
+        """The decoder's order, as a generator: it yields each coded part's
+        parameters (a :class:`Part` with ``z=None``) in exactly :meth:`analyse`'s
+        order, is sent that part's integer latents (a float32 tensor of the
+        parameters' shape without the mixture axis), and returns the centered
+        images (n, C, h, w) as float. The decoder pops each part under the
+        yielded parameters; it needs nothing else of the model's structure."""
+        a_shape = self.top_shape(n, h, w)
+        bounds = self.top_bounds()
+        x = torch.empty(n, 0, a_shape[2], a_shape[3])
+        for g in range(len(bounds) - 1):
+            z = yield Part(None, *self.top_params(g, x if g else None, n, a_shape[2], a_shape[3]))
+            x = torch.cat([x, z.reshape(n, bounds[g + 1] - bounds[g], *a_shape[2:])], dim=1)
+        for lev in reversed(range(len(self.levels))):
+            base = self.priors[lev](x)
+            cz = self.chans[lev] - self.chans[lev] // 2
+            ctx = self.context(lev)
+            if ctx is None:
+                z = yield Part(None, *base)
+                out = z.reshape(n, cz, x.shape[2], x.shape[3])
+            else:
+                out = torch.zeros(n, cz, x.shape[2], x.shape[3])
+                smap = ctx.stage_map(x.shape[2], x.shape[3])
+                for st in range(ctx.stages):
+                    z = yield Part(None, *ctx.stage_params(st, smap, x, out, base))
+                    out[:, smap == st] = z.reshape(n, -1)
+            x = self.invert_level(lev, x, out)
+        return x
+
     # -- decoder steps ------------------------------------------------------
     def top_shape(self, n: int, h: int, w: int) -> tuple[int, int, int, int]:
         """Shape of the top 'a' latent for padded images of size h x w."""
