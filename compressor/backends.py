@@ -4,7 +4,8 @@ Every backend has a stable one-byte id written into the container. Ids are
 assigned here by hand and never reused:
 
     0 store   1 lzma   2 jxl          (classical, always available)
-    16 idf   17 diffusion   18 argmax   19 discrete-flow   20 argmax-coupling   (learned models)
+    16 idf   17 diffusion   18 argmax   19 discrete-flow   20 argmax-coupling
+    21 absorbing-diffusion   (learned models)
 
 Learned models register themselves through :func:`register` when their
 module is importable; the classical ones guarantee that every input kind
@@ -174,7 +175,8 @@ def _load_learned() -> None:
     import importlib
 
     for mod in ("amdcompress.learned", "amdcompress.learned_text", "amdcompress.learned_diffusion",
-                "amdcompress.learned_discrete_flow", "amdcompress.learned_argmax_coupling"):
+                "amdcompress.learned_discrete_flow", "amdcompress.learned_argmax_coupling",
+                "amdcompress.learned_absorbing"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

@@ -25,6 +25,8 @@ MODELS: dict[str, dict[str, str]] = {
     "discrete-flow-v1": {"arch": "discrete-flow", "file": "discrete-flow-v1.pt", "record": "discrete-flow-v1.json"},
     "argmax-coupling-v1": {"arch": "argmax-coupling", "file": "argmax-coupling-v1.pt",
                            "record": "argmax-coupling-v1.json"},
+    "absorbing-diffusion-v1": {"arch": "absorbing-diffusion", "file": "absorbing-diffusion-v1.pt",
+                               "record": "absorbing-diffusion-v1.json"},
 }
 
 
