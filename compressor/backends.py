@@ -4,7 +4,8 @@ Every backend has a stable one-byte id written into the container. Ids are
 assigned here by hand and never reused:
 
     0 store   1 lzma   2 jxl          (classical, always available)
-    16 idf   17 diffusion   18 argmax   19 discrete-flow   20 argmax-coupling   (learned models)
+    16 idf   17 diffusion   18 argmax   19 discrete-flow   20 argmax-coupling
+    21 absorbing-diffusion   (learned models)
 
 Learned models are the entries of :mod:`amdcompress.models.registry`, each
 served by one :class:`~.learned.LearnedBackend`; the classical ones guarantee

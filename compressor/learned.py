@@ -56,11 +56,12 @@ class LearnedBackend:
     # -- weights ------------------------------------------------------------------
     @property
     def newest(self):
-        return self.entry.weights[0]
+        """The weights new files are written with (None: the model has shipped none yet)."""
+        return self.entry.weights[0] if self.entry.weights else None
 
     def available(self) -> bool:
         """True if the weights new files are written with are installed."""
-        return self._registry.available(self.newest.name, self._dir)
+        return self.newest is not None and self._registry.available(self.newest.name, self._dir)
 
     def weights_tag(self) -> bytes:
         """The tag new files carry: a prefix of the newest weights' SHA-256."""
@@ -84,6 +85,8 @@ class LearnedBackend:
     def state(self, w=None):
         """The loaded coding state of weights ``w`` (default: the newest), checked and cached."""
         w = w or self.newest
+        if w is None:
+            raise AmdError(f"model {self.name!r} has no weights in this amdcompress")
         with self._lock:
             if w.name not in self._states:
                 import io
@@ -140,17 +143,20 @@ class LearnedBackend:
         opts = self._options(options)
         if not self.accepts(data):
             raise AmdError(f"model {self.name!r} does not accept this input"
-                           + ("" if self.available() else f" (weights {self.newest.file} not installed)"))
+                           + ("" if self.available() else " (its weights are not installed)"))
         state = self.state()
         self.last_stats = {}
         extra = {"checksum": checksum} if self.checksum_in_payload else {}
-        with coding_mode():
-            if self.entry.data == "text":
-                sym, esc = textstream.split(np.asarray(data.array, dtype=np.uint8))
-                stream = self.coding.compress(state, sym, progress=progress, stats=self.last_stats, **opts)
-                return textstream.pack(stream, esc)
-            return self.coding.compress(state, data.images(), progress=progress, stats=self.last_stats,
-                                        **extra, **opts)
+        try:
+            with coding_mode():
+                if self.entry.data == "text":
+                    sym, esc = textstream.split(np.asarray(data.array, dtype=np.uint8))
+                    stream = self.coding.compress(state, sym, progress=progress, stats=self.last_stats, **opts)
+                    return textstream.pack(stream, esc)
+                return self.coding.compress(state, data.images(), progress=progress, stats=self.last_stats,
+                                            **extra, **opts)
+        except ValueError as e:  # e.g. an option out of range
+            raise AmdError(f"model {self.name!r}: {_one_line(e)}") from None
 
     def decode(self, payload: bytes, kind: int, shape, progress=None, weights_tag: bytes | None = None):
         """The array of a payload made with the weights ``weights_tag`` names (default: the newest),

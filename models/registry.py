@@ -99,6 +99,11 @@ MODELS: dict[str, Model] = {m.name: m for m in (
           (Weights("argmax-coupling-v1", "48688fe8eff4f246616e482dda07a1364e120638b776197061a5aeccc5f3cfe1"),),
           # not tried by auto: argmax codes smaller files
           "learned text model: Argmax Flow with a grid-exact coupling-flow prior, bits-back ANS"),
+    Model("absorbing-diffusion", 21, "text", "amdcompress.models.absorbing.coding",
+          (),
+          "learned text model: absorbing-state diffusion (order-agnostic ARDM), exact ANS in S network passes",
+          details=True,
+          options={"steps": "network passes per chunk (recorded in the file; default: the weights')"}),
 )}
 
 

@@ -76,7 +76,7 @@ def _first_difference(a: bytes, b: bytes) -> str:
 
 
 def test_manifest_covers_every_codec_and_file():
-    models = {b.name for b in backends.all_backends()}
+    models = {b.name for b in backends.all_backends() if not b.learned or b.available()}
     assert models <= {e["model"] for e in CURRENT}, "a codec without golden files: run make_golden.py --write"
     on_disk = {p.name for p in GOLDEN.glob("*.amd")}
     assert on_disk == {e["file"] for e in ENTRIES}
