@@ -85,7 +85,7 @@ class IdfBackend:
     def _batch_shape(kind: int, shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
         shape = tuple(int(d) for d in shape)
         batch = shape if kind == NPY_BATCH else (1,) + shape
-        if len(batch) != 4 or batch[3] != 3:
+        if len(batch) != 4 or batch[3] != 3 or batch[1] * batch[2] > MAX_PIXELS:
             raise AmdError(f"corrupt header: idf cannot have coded shape {shape}")
         return shape, batch
 
