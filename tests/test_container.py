@@ -290,3 +290,21 @@ def test_fuzz_truncation_and_extension(which, data):
         amdcompress.decompress(blob[:cut])
     with pytest.raises(AmdError):
         amdcompress.decompress(blob + data.draw(st.binary(min_size=1, max_size=8)))
+
+
+def test_version_2_idf_file_with_the_checksum_in_its_stream_still_decodes(cifar):
+    """A format-2 idf file: the anchor carries the CRC of the data alone."""
+    from amdcompress import backends
+
+    b = backends.by_name("idf")
+    if not b.available():
+        pytest.skip("idf weights not installed")
+    raw = png_bytes(cifar[1], "RGB")
+    data = formats.sniff(raw)
+    payload = b.encode_checked(data, _data_crc(raw))
+    new = amdcompress.compress(raw, model="idf")
+    h = container.unpack(new)[0]
+    old = (b"AMD\x02" + new[4:8] + b"".join(container.write_varint(d) for d in h.shape)
+           + container.write_varint(len(payload)) + payload)
+    assert amdcompress.decompress(old) == amdcompress.decompress(new)
+    assert not amdcompress.info(old).header_checked
