@@ -114,15 +114,10 @@ def _write_output(data: bytes, path: str, src: str, force: bool, binary_to_tty_o
     if out.is_dir():
         raise AmdError(f"{path} is a directory")
     parent = out.parent if str(out.parent) else Path(".")
-    tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent)
     except OSError as e:
         raise AmdError(f"cannot write {path}: {e.strerror or e}") from None
-    except BaseException:  # interrupted between creating the file and getting its name back
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise
     try:
         umask = os.umask(0)
         os.umask(umask)

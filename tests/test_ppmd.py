@@ -1,4 +1,4 @@
-"""The PPMd text fallback: codec ``ppmd`` (id 3), PPMd variant I order 8
+"""The PPMd text fallback: codec ``ppmd`` (id 3), PPMd variant I order 16
 through pyppmd, tried by ``auto`` on byte input."""
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def test_images_are_not_for_ppmd():
 
 def test_memory_follows_the_input_size():
     m = backends.Ppmd.mem_size
-    assert m(0) == m(1000) == 1 << 20 and m(100_000) == 4 << 20 and m(1_000_000) == 32 << 20
+    assert m(0) == m(1000) == 16 << 20 and m(200_000) == 16 << 20 and m(1_000_000) == 64 << 20
     assert m(10**9) == 256 << 20
 
 
@@ -86,7 +86,7 @@ def test_ppmd_file_is_no_larger_than_raw_ppmd_order_8_plus_the_header():
     ref = len(pyppmd.compress(raw, max_order=8, mem_size=256 << 20))
     blob = amdcompress.compress(raw, model="ppmd")
     header = amdcompress.info(blob).header_bytes
-    assert len(blob) <= ref + header and 8 * len(blob) / len(raw) < 1.545
+    assert len(blob) <= ref + header and 8 * len(blob) / len(raw) < 1.45  # order 16: 1.442
     assert len(blob) < len(amdcompress.compress(raw, model="lzma"))
     assert backends.by_name("ppmd").auto_accepts(formats.sniff(raw))
 
