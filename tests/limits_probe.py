@@ -1,7 +1,7 @@
 """Crafted headers that claim huge sizes, decoded with time and memory measured.
 
 Run as a script (``python tests/limits_probe.py``): it warms every codec up
-(models loaded), records the process's peak RSS, then decodes, for every codec,
+(models loaded), resets the process's peak RSS, then decodes, for every codec,
 files whose header claims 2**30 and 2**40 symbols (bytes) or subpixels
 (images) around a 10-byte payload (for the text models: a stream head that
 claims the same count, then filler), with the default ``max_size`` and with
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import amd_samples  # noqa: E402
+import rss  # noqa: E402
 import amdcompress  # noqa: E402
 from amdcompress import AmdError, backends, container, formats  # noqa: E402
 from amdcompress.codecs.varint import write_varint  # noqa: E402
@@ -65,15 +65,11 @@ def crafted(codec: str, n: int, payload_len: int = 10) -> bytes:
                           payload)
 
 
-def maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def main() -> dict:
     codecs = sorted(amd_samples.all_samples())  # builds and decodes every sample: models loaded
     for c in codecs:
         backends.by_name(c)
-    base = maxrss_mb()
+    base = rss.reset_peak()  # from here on, the peak of the crafted cases alone
     cases = []
     for codec in codecs:
         for n in CLAIMS:
@@ -92,8 +88,8 @@ def main() -> dict:
                     cases.append({"codec": codec, "claim": f"2^{int(math.log2(n))}", "max_size": max_size,
                                   "payload_bytes": len(container.unpack(blob)[1]), "file_bytes": len(blob),
                                   "seconds": round(time.perf_counter() - t, 4), "error": err})
-    return {"baseline_rss_mb": round(base, 1), "peak_rss_mb": round(maxrss_mb(), 1),
-            "rss_growth_mb": round(maxrss_mb() - base, 1), "cases": cases}
+    return {"baseline_rss_mb": round(base, 1), "peak_rss_mb": round(rss.peak_mb(), 1),
+            "rss_growth_mb": round(rss.peak_mb() - base, 1), "cases": cases}
 
 
 if __name__ == "__main__":

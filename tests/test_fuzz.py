@@ -21,7 +21,6 @@ import json
 import math
 import os
 import random
-import resource
 import signal
 import time
 
@@ -34,6 +33,7 @@ from amdcompress import AmdError, container, formats
 from amdcompress.codecs.varint import write_varint
 
 import amd_samples
+import rss
 
 HANG_S = 5.0          # a decode attempt slower than this counts as a hang
 HARD_STOP_S = 30.0    # and is interrupted here
@@ -223,10 +223,6 @@ def _report(tally: Tally, seconds: float, rss_growth_mb: float) -> dict:
     return rep
 
 
-def _maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _check(tally: Tally, rss_growth_mb: float) -> None:
     assert not tally.wrong, tally.wrong[:10]
     assert not tally.foreign, tally.foreign[:10]
@@ -239,9 +235,9 @@ def test_fuzz_ci():
     """At least 10,000 mutated files over all codecs: 0 wrong outputs, 0
     foreign exceptions, 0 hangs, bounded memory."""
     total = int(os.environ.get("AMDCOMPRESS_FUZZ_N", 10_000))
-    rss0, t0 = _maxrss_mb(), time.perf_counter()
+    rss0, t0 = rss.reset_peak(), time.perf_counter()
     tally = run_fuzz(total)
-    rep = _report(tally, time.perf_counter() - t0, _maxrss_mb() - rss0)
+    rep = _report(tally, time.perf_counter() - t0, rss.peak_mb() - rss0)
     assert tally.files >= total and len(tally.by_codec) == len(CODECS)
     _check(tally, rep["rss_growth_mb"])
 
@@ -249,13 +245,13 @@ def test_fuzz_ci():
 def test_fuzz_quick():
     """A sample of the same loop in the default suite (every codec, ~800 files)."""
     rng = random.Random(7)
-    rss0 = _maxrss_mb()
+    rss0 = rss.reset_peak()
     tally = Tally()
     for codec in CODECS:
         muts = list(mutations(codec, rng, 12))
         for what, blob in random.Random(codec).sample(muts, min(len(muts), 90)):
             attempt(tally, codec, what, blob)
-    _check(tally, _maxrss_mb() - rss0)
+    _check(tally, rss.peak_mb() - rss0)
     assert tally.refused > 0 and tally.files >= 80 * len(CODECS)
 
 

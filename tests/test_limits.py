@@ -51,10 +51,10 @@ def test_2_40_claim_from_the_command_line_is_refused_in_a_fresh_process(tmp_path
     from the call (imports aside), well under 200 MB for the whole process."""
     f = tmp_path / "huge.amd"
     f.write_bytes(limits_probe.crafted("store", 1 << 40, 10))
-    code = ("import resource, sys, time; from amdcompress.cli import main; t = time.perf_counter(); "
-            f"rc = main(['decode', {str(f)!r}, '-o', {str(tmp_path / 'out')!r}]); "
-            "print(rc, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); import rss; from amdcompress.cli import main; "
+            f"t = time.perf_counter(); rc = main(['decode', {str(f)!r}, '-o', {str(tmp_path / 'out')!r}]); "
+            "print(rc, time.perf_counter() - t, rss.peak_mb())")  # the peak of this process since exec
+    res = subprocess.run([sys.executable, "-c", code, str(HERE)], capture_output=True, text=True, timeout=120)
     rc, seconds, rss_mb = res.stdout.split()
     assert rc == "1" and "over the limit" in res.stderr and res.stderr.count("\n") == 1
     assert float(seconds) < 1.0 and float(rss_mb) < 200
