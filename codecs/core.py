@@ -9,6 +9,8 @@ The contract every codec here keeps, and the tests pin::
 
 Both functions mutate the message in place and also return it, so they chain.
 Vector codecs take 1-D integer arrays and code them in one call to the coder.
+Every pop ends with :meth:`~.message.Message.check_drawn`: a decoder's message
+popped below its floor (an exhausted or forged stream) raises at once.
 """
 from __future__ import annotations
 
@@ -62,7 +64,9 @@ def Categorical(counts: np.ndarray) -> Codec:
         if not n:
             return m, np.zeros(0, dtype=np.int64)
         m.check_pop()
-        return m, np.asarray(m.coder.decode(_CATEGORICAL, probs), dtype=np.int64)
+        x = np.asarray(m.coder.decode(_CATEGORICAL, probs), dtype=np.int64)
+        m.check_drawn()
+        return m, x
 
     return Codec(push, pop)
 
@@ -89,6 +93,7 @@ def Uniform(sizes) -> Codec:
         if live.size:
             m.check_pop()
             out[live] = m.coder.decode(_UNIFORM, live_sizes)
+            m.check_drawn()
         return m, out
 
     return Codec(push, pop)

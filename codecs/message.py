@@ -22,9 +22,25 @@ which the raw coder leaves implicit:
   bit for bit). Such samples are not distributed like the model, so bits-back
   gains nothing from them; with ``strict=True`` a pop from an empty message
   raises :class:`MessageUnderflowError` instead.
+* **Over-drawn streams (decoders).** A decoder pops what an encoder pushed, so
+  its message never holds fewer bits than the encoder's did at the same point.
+  :meth:`from_bytes` gives a message a *floor*, the fewest valid bits any
+  correct decode can leave on it: a message resting on the initial-bits stream
+  (``seeded=True``, every bits-back decoder) keeps all but the top 2 words of
+  the seed prefix it was read with, and never reaches the bottom of the stack;
+  an anchored one (``anchored=True``) never pops below its anchor. Every pop of
+  :mod:`.core` calls :meth:`check_drawn` afterwards, so a damaged or forged
+  stream fails at the first pop that digs below the floor instead of decoding
+  garbage (or free zero-bit symbols from an exhausted coder) until a length
+  its header claims. :meth:`require_bits` lets a decoder check, before it
+  allocates anything, that the stream can hold a pop of known size (uniform
+  symbols). A message built with no floor (an exact coder's stream that starts
+  empty) only raises where ``strict`` says so: its bottom legitimately decodes
+  symbol 0 for free.
 """
 from __future__ import annotations
 
+import contextvars
 import hashlib
 
 import constriction
@@ -40,8 +56,29 @@ class CorruptStreamError(ValueError):
     """The bytes do not form a valid ANS message."""
 
 
-class MessageUnderflowError(RuntimeError):
-    """A strict message was popped while empty."""
+class MessageUnderflowError(CorruptStreamError, RuntimeError):
+    """A strict message was popped while empty, or a decoder's message was
+    popped below its floor (the stream is exhausted or over-drawn)."""
+
+
+CANONICAL = contextvars.ContextVar("amdcompress_canonical_messages", default=False)
+"""While True (set by the container reader for format 3 on), :meth:`Message.from_bytes`
+accepts only the exact form :meth:`Message.to_bytes` writes: a shortest-form
+prefix varint and no trailing zero byte (an older whole-words stream may end in
+zero bytes; the same words written two ways would make two files decode alike)."""
+
+
+def strict_streams() -> bool:
+    """True while a file of format version 3 or later is being decoded (see
+    :data:`CANONICAL`): codecs then also refuse stream layouts that only older
+    files use (ones whose decoding effort a forged header could make unbounded)."""
+    return CANONICAL.get()
+
+
+MAX_SEED_WORDS = 1 << 22
+"""The most initial-bits words a serialized message may ask its reader to
+regenerate (16 MiB; the diffusion coder's seed for ~27 M symbols). A larger
+prefix count is corrupt, not a reason to allocate."""
 
 
 def seed_words(n: int) -> np.ndarray:
@@ -62,11 +99,12 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
 class Message:
     """An ANS stack. Codecs mutate it in place through :attr:`coder`."""
 
-    __slots__ = ("coder", "strict")
+    __slots__ = ("coder", "strict", "floor")
 
-    def __init__(self, coder=None, *, strict: bool = False):
+    def __init__(self, coder=None, *, strict: bool = False, floor: int = 0):
         self.coder = coder if coder is not None else _AnsCoder()
         self.strict = strict
+        self.floor = int(floor)  # fewest valid bits a correct decode leaves (see check_drawn)
 
     # -- construction -----------------------------------------------------
     @classmethod
@@ -116,7 +154,7 @@ class Message:
         return np.asarray(self.coder.get_compressed(), dtype=np.uint32).copy()
 
     def copy(self) -> "Message":
-        return Message(self.coder.clone(), strict=self.strict)
+        return Message(self.coder.clone(), strict=self.strict, floor=self.floor)
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Message) and np.array_equal(self.words(), other.words())
@@ -127,6 +165,26 @@ class Message:
         """Raise if a strict message is asked to pop while empty."""
         if self.strict and self.coder.is_empty():
             raise MessageUnderflowError("pop from an empty message")
+
+    def valid_bits(self) -> int:
+        """Bits of information on the stack (constriction's ``num_valid_bits``)."""
+        return int(self.coder.num_valid_bits())
+
+    def check_drawn(self) -> None:
+        """Raise :class:`MessageUnderflowError` if the message holds fewer valid
+        bits than its floor: the stream is exhausted or over-drawn, so it is not
+        one an encoder wrote. Cheap (one call into the coder); :mod:`.core`
+        calls it after every pop."""
+        if self.floor and self.coder.num_valid_bits() < self.floor:
+            raise MessageUnderflowError("ANS stream exhausted: the data claims more symbols than the stream holds")
+
+    def require_bits(self, bits: float) -> None:
+        """Raise :class:`MessageUnderflowError` unless ``bits`` more bits can be
+        popped before the floor (with 64 bits of slack for the coder's
+        rounding): call it before allocating for a pop whose cost is known,
+        e.g. ``n`` uniform symbols cost ``n * log2(K)`` bits."""
+        if self.coder.num_valid_bits() - self.floor + 64 < bits:
+            raise MessageUnderflowError("ANS stream too short for the symbols its header claims")
 
     # -- serialization ----------------------------------------------------
     def to_bytes(self, *, seed_prefix: bool = True) -> bytes:
@@ -153,22 +211,44 @@ class Message:
         return (_write_varint(k) if seed_prefix else b"") + body[: len(body) - trim]
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, strict: bool = False, seed_prefix: bool = True) -> "Message":
+    def from_bytes(cls, data: bytes, *, strict: bool = False, seed_prefix: bool = True,
+                   seeded: bool = False, anchored: bool = False) -> "Message":
         """Inverse of :meth:`to_bytes` (with the same ``seed_prefix``); raises
-        :class:`CorruptStreamError` on anything that is not a serialized message."""
+        :class:`CorruptStreamError` on anything that is not a serialized message.
+
+        The floor (:meth:`check_drawn`): ``seeded=True`` for a message that rests
+        on the initial-bits stream (bits-back decoders): all but the top 2
+        words of its seed prefix, and at least 32 bits (it never reaches the
+        bottom of the stack); ``anchored=True`` for one written on
+        :meth:`anchored` (32 bits: the anchor's state). Otherwise a message
+        whose seed prefix has 3 or more words gets the seeded floor (an exact
+        coder's stream that starts empty shares 3 words with the seed with
+        probability 2**-96), any other none."""
         data = bytes(data)
         k, pos = _read_varint(data[:10], 0) if seed_prefix else (0, 0)
-        if k > (1 << 24):
+        if k > MAX_SEED_WORDS:
             raise CorruptStreamError("implausible initial-bits prefix length")
         body = data[pos:]
+        if CANONICAL.get() and ((pos > 1 and data[pos - 1] == 0) or body[-1:] == b"\0"):
+            raise CorruptStreamError("ANS stream not in its canonical form")
         if len(body) % 4:  # the top word's dropped zero high bytes
             body += b"\0" * (4 - len(body) % 4)
-        words = np.concatenate([seed_words(k), np.frombuffer(body, dtype="<u4").astype(np.uint32)])
+        if k:
+            seed = hashlib.shake_256(_SEED_TAG).digest(4 * k)  # seed_words(k), without extra copies
+            words = np.frombuffer(seed + body, dtype="<u4")
+        else:
+            words = np.frombuffer(body, dtype="<u4")
+        words = words.astype(np.uint32, copy=False)
         try:
             coder = _AnsCoder(words) if len(words) else _AnsCoder()
         except ValueError as e:
             raise CorruptStreamError(str(e)) from None
-        return cls(coder, strict=strict)
+        floor = 0
+        if seeded or k >= 3:
+            floor = 32 * max(k - 2, 1)
+        elif anchored:
+            floor = 32
+        return cls(coder, strict=strict, floor=floor)
 
     def is_seed_remainder(self, n_words: int = 64) -> bool:
         """True if the message is exactly the untouched ``seeded(n_words)`` start:

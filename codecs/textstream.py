@@ -28,6 +28,25 @@ def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
     return read_varint(buf, pos, lambda: AmdError("corrupt payload: bad escape table"))
 
 
+def _read_varints(buf: bytes, pos: int, count: int) -> tuple[np.ndarray, int]:
+    """``count`` varints from ``buf[pos:]`` at once (int64), and the position after them."""
+    if not count:
+        return np.zeros(0, dtype=np.int64), pos
+    b = np.frombuffer(buf, dtype=np.uint8, offset=pos)
+    ends = np.flatnonzero(b < 0x80)[:count]
+    if len(ends) < count:
+        raise AmdError("corrupt payload: bad escape table")
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    lengths = ends - starts + 1
+    if lengths.max() > 6:  # a gap is below 2**42
+        raise AmdError("corrupt payload: bad escape table")
+    out = np.zeros(count, dtype=np.int64)
+    for j in range(int(lengths.max())):
+        live = np.flatnonzero(lengths > j)
+        out[live] |= (b[starts[live] + j].astype(np.int64) & 0x7F) << (7 * j)
+    return out, pos + int(ends[-1]) + 1
+
+
 def escape_fraction(raw: np.ndarray) -> float:
     """Share of bytes outside the alphabet (0.0 for pure text8)."""
     return float((_LUT[raw] < 0).mean()) if raw.size else 0.0
@@ -49,29 +68,31 @@ def split(raw: np.ndarray) -> tuple[np.ndarray, bytes]:
 
 
 def join(symbols: np.ndarray, escapes: bytes, n: int) -> np.ndarray:
-    """Inverse of :func:`split` for an original of ``n`` bytes."""
-    out = np.empty(n, dtype=np.uint8)
-    mask = np.ones(n, dtype=bool)
+    """Inverse of :func:`split` for an original of ``n`` bytes. The counts are
+    checked against ``n`` before anything of size ``n`` is allocated."""
+    symbols = np.asarray(symbols, dtype=np.int64)
+    count, where, values = 0, None, b""
     if escapes:
         try:
             table = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_FILTERS).decompress(escapes, max_length=12 * n + 16)
         except lzma.LZMAError:
             raise AmdError("corrupt payload: bad escape table") from None
         count, pos = _read_varint(table, 0)
-        if count > n:
+        if count > n or count + symbols.size != n:
             raise AmdError("corrupt payload: bad escape table")
-        gaps = []
-        for _ in range(count):
-            g, pos = _read_varint(table, pos)
-            gaps.append(g)
+        gaps, pos = _read_varints(table, pos, count)
         values = table[pos : pos + count]
-        where = np.cumsum(np.asarray(gaps, dtype=np.int64) + 1) - 1
+        where = np.cumsum(gaps + 1) - 1
         if len(values) != count or (count and where[-1] >= n):
             raise AmdError("corrupt payload: bad escape table")
+    if symbols.size + count != n or (symbols.size and (symbols.min() < 0 or symbols.max() >= K)):
+        raise AmdError("corrupt payload: text length mismatch")
+    out = np.empty(n, dtype=np.uint8)
+    mask = np.ones(n, dtype=bool)
+    if count:
         out[where] = np.frombuffer(values, dtype=np.uint8)
         mask[where] = False
-    symbols = np.asarray(symbols, dtype=np.int64)
-    if symbols.size != int(mask.sum()) or (symbols.size and (symbols.min() < 0 or symbols.max() >= K)):
+    if symbols.size != int(mask.sum()):
         raise AmdError("corrupt payload: text length mismatch")
     out[mask] = np.frombuffer(ALPHABET, dtype=np.uint8)[symbols]
     return out

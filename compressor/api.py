@@ -2,11 +2,12 @@
 
 ``compress(raw)`` returns the bytes of an ``.amd`` file; ``decompress(blob)``
 returns the original file bytes (images: identical pixels, mode and size; see
-:mod:`.formats`). Every failure is an :class:`~.errors.AmdError` with a
-one-line message.
+:mod:`.formats`), or raises: a damaged file never decodes to a different file.
+Every failure is an :class:`~.errors.AmdError` with a one-line message.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -16,6 +17,7 @@ from . import backends, container, formats
 from .codecs.errors import AmdError
 
 AUTO = "auto"
+DEFAULT_MAX_SIZE = 4 << 30  # bytes of decoded data a file may declare (the CLI's --max-size default)
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class Info:
     bits_per_dim: float
     crc32: str
     details: dict = field(default_factory=dict)  # the model's own facts (escapes, chain steps, ...)
+    format_version: int = container.VERSION
+    header_checked: bool = True  # False before format version 3: the checksum covers the data, not the header
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -40,17 +44,22 @@ class Info:
         return d
 
 
-def _encode(backend, data: formats.Data, crc: int, progress: Callable | None, options: dict) -> bytes:
-    """Encode and frame; ``crc`` is the CRC-32 of ``data.array``. A backend that
-    declares ``checksum_in_payload`` carries it in its payload (the container
-    then leaves its CRC field out). ``options``: those the backend declares."""
+def _encode(backend, data: formats.Data, data_crc: int, progress: Callable | None, options: dict) -> bytes:
+    """Encode and frame; ``data_crc`` is the CRC-32 of ``data.array``, extended
+    here over the header bytes this backend's file will have (the version-3
+    checksum, :mod:`.container`). A backend that declares ``checksum_in_payload``
+    carries it in its payload (the container then leaves its CRC field out).
+    ``options``: those the backend declares."""
     opts = {k: v for k, v in options.items() if k in backend.options}
-    if backend.checksum_in_payload:
+    checked = backend.checksum_in_payload
+    tag = backend.weights_tag()
+    crc = container.checksum(data_crc, container.covered_bytes(backend.codec_id, tag, data.kind,
+                                                               data.array.shape, checked))
+    if checked:  # the checksum goes in first: the header it covers is known before encoding
         payload, crc_field = backend.encode(data, progress, checksum=crc, **opts), None
     else:
         payload, crc_field = backend.encode(data, progress, **opts), crc
-    header = container.Header(backend.codec_id, backend.weights_tag(), data.kind, data.array.shape,
-                              crc_field, len(payload))
+    header = container.Header(backend.codec_id, tag, data.kind, data.array.shape, crc_field, len(payload))
     return container.pack(header, payload)
 
 
@@ -87,30 +96,52 @@ def compress(raw: bytes, model: str = AUTO, progress: Callable | None = None, *,
     return best
 
 
-def decompress(blob: bytes, progress: Callable | None = None) -> bytes:
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+
+
+def decompress(blob: bytes, progress: Callable | None = None, max_size: int | None = DEFAULT_MAX_SIZE) -> bytes:
     """Decode an ``.amd`` file back to the original file bytes, checking the
-    container, the model's weights and the CRC of the data (from the header,
-    or handed back by the codec when its payload carries it)."""
+    container, the model's weights and the checksum (from the header, or
+    handed back by the codec when its payload carries it) before anything is
+    returned. ``max_size`` (bytes of decoded data; None: no limit) is checked
+    against the declared shape before anything is allocated.
+
+    Every failure is an :class:`AmdError`: corrupt data, an exhausted stream,
+    running out of memory, and whatever a codec library raises (numpy, torch,
+    lzma, imagecodecs, constriction's ``PanicException``) while decoding."""
+    try:
+        return _decompress(blob, progress, max_size)
+    except AmdError:
+        raise
+    except MemoryError:
+        raise AmdError("out of memory while decoding (a corrupt file, or one too large for this machine)") from None
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as e:  # constriction's PanicException is a BaseException
+        raise AmdError(f"corrupt payload ({_one_line(e)})") from None
+
+
+def _decompress(blob: bytes, progress: Callable | None, max_size: int | None) -> bytes:
     header, payload = container.unpack(bytes(blob))
+    dims = math.prod(header.shape)
+    if max_size is not None and dims > max_size:
+        raise AmdError(f"file declares {dims:,} bytes of data, over the limit of {max_size:,} "
+                       "(raise it with --max-size / max_size if the file is trusted)")
     backend = backends.by_id(header.codec_id)
     backend.check_weights(header.weights_tag)
     if header.checksum_in_payload and not backend.checksum_in_payload:
         raise AmdError(f"corrupt header: model {backend.name!r} does not carry checksums in its payload")
-    try:
+    if header.header_checked and not header.checksum_in_payload and backend.checksum_in_payload:
+        raise AmdError(f"corrupt header: model {backend.name!r} carries its checksum in the payload")
+    with container.reading(header.version):
         if header.checksum_in_payload:
             array, crc = backend.decode_checked(payload, header.kind, header.shape, progress, header.weights_tag)
         else:
             array, crc = backend.decode(payload, header.kind, header.shape, progress, header.weights_tag), header.crc32
-    except AmdError:
-        raise
-    except (ValueError, IndexError, OverflowError) as e:
-        raise AmdError(f"corrupt payload ({e})") from None
-    except BaseException as e:  # constriction's PanicException is a BaseException
-        if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError)):
-            raise
-        raise AmdError(f"corrupt payload ({type(e).__name__})") from None
     array = np.ascontiguousarray(array, dtype=np.uint8)
-    if array.shape != header.shape or container.crc32(array.tobytes()) != crc:
+    if array.shape != header.shape or container.checksum(container.crc32(array.tobytes()), header.covered) != crc:
         raise AmdError("checksum mismatch: the file is corrupt (or was made on an incompatible setup)")
     return formats.to_file_bytes(formats.Data(header.kind, array))
 
@@ -129,7 +160,9 @@ def info(blob: bytes) -> Info:
             details = backend.details(payload, header.shape)
         except AmdError as e:
             details = {"unreadable": str(e)}
-    dims = int(np.prod(header.shape))
+        except Exception as e:  # a damaged payload: info still describes the header
+            details = {"unreadable": f"corrupt payload ({_one_line(e)})"}
+    dims = math.prod(header.shape)
     return Info(
         model=name,
         codec_id=header.codec_id,
@@ -142,4 +175,6 @@ def info(blob: bytes) -> Info:
         bits_per_dim=8.0 * len(blob) / dims if dims else float("nan"),
         crc32="in payload" if header.checksum_in_payload else f"{header.crc32:08x}",
         details=details,
+        format_version=header.version,
+        header_checked=header.header_checked,
     )

@@ -6,14 +6,19 @@
 * Never overwrites an existing file without ``-f``, never the input itself;
   writes go to a temporary file that is renamed into place, so a failure
   leaves no partial output. Refuses to write compressed data to a terminal.
-* Exit codes: 0 success, 1 error (one line on stderr), 2 usage error.
+* ``decode`` and ``test`` refuse a file that declares more than ``--max-size``
+  bytes of data (default 4G) before decoding anything.
+* Exit codes: 0 success, 1 error (one line on stderr), 2 usage error, 130
+  interrupted (Ctrl-C: one line, no traceback, no temporary or partial file).
 
 Tests call :func:`main` with an argument list instead of spawning shells.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +29,52 @@ from . import __version__, api, backends
 from .codecs.errors import AmdError
 
 STDIO = "-"
+DEFAULT_MAX_SIZE = "4G"
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d*)?)\s*([KMGT]?)(?:I?B)?\s*", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int | None:
+    """``4G``, ``512MiB``, ``1.5g``, ``100000`` (bytes; K/M/G/T are powers of
+    1024, a trailing ``B``/``iB`` is optional) -> bytes; ``none`` -> None (no limit)."""
+    if text.strip().lower() in ("none", "unlimited", "inf"):
+        return None
+    m = _SIZE_RE.fullmatch(text)
+    if not m:
+        raise ValueError(f"not a size: {text!r} (e.g. 4G, 512M, 100000, none)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+class _SizeType(click.ParamType):
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int):
+            return value
+        try:
+            return parse_size(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+class _Interrupted(BaseException):
+    """Ctrl-C inside a command (click would turn a KeyboardInterrupt into Abort)."""
+
+
+def _interruptible(f):
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise _Interrupted() from None
+
+    return wrapper
+
+
+_max_size_option = click.option(
+    "--max-size", type=_SizeType(), default=DEFAULT_MAX_SIZE, show_default=True,
+    help="Refuse files that declare more decoded data than this (e.g. 512M, 16G, none).")
 
 
 def _read_input(path: str) -> bytes:
@@ -111,7 +162,8 @@ def cli() -> None:
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
-              help="Chain steps of a diffusion model (recorded in the file; default: the model's).")
+              help="Network passes / chain steps of a diffusion model (recorded in the file; default: the model's).")
+@_interruptible
 def encode(input: str, output: str | None, to_stdout: bool, model: str, force: bool, quiet: bool,
            steps: int | None) -> None:
     """Compress IN into an .amd file."""
@@ -134,7 +186,9 @@ def encode(input: str, output: str | None, to_stdout: bool, model: str, force: b
 @click.option("-c", "--stdout", "to_stdout", is_flag=True, help="Write to stdout.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def decode(input: str, output: str | None, to_stdout: bool, force: bool, quiet: bool) -> None:
+@_max_size_option
+@_interruptible
+def decode(input: str, output: str | None, to_stdout: bool, force: bool, quiet: bool, max_size: int | None) -> None:
     """Decompress an .amd file."""
     name = input if input != STDIO else "stdin"
     if output is None:
@@ -145,7 +199,7 @@ def decode(input: str, output: str | None, to_stdout: bool, force: bool, quiet: 
         else:
             _fail(name, AmdError("unknown suffix (expected .amd); use -o OUT or -c"))
     try:
-        raw = api.decompress(_read_input(input), progress=_progress_factory(quiet))
+        raw = api.decompress(_read_input(input), progress=_progress_factory(quiet), max_size=max_size)
         _write_output(raw, output, input, force, binary_to_tty_ok=True)
     except Exception as e:  # AmdError, or a bug reported in one line
         _fail(name, e)
@@ -153,12 +207,14 @@ def decode(input: str, output: str | None, to_stdout: bool, force: bool, quiet: 
 
 @cli.command()
 @click.argument("input", default=STDIO, metavar="[IN|-]")
-def test(input: str) -> None:
+@_max_size_option
+@_interruptible
+def test(input: str, max_size: int | None) -> None:
     """Decode IN fully and check it, writing nothing."""
     name = input if input != STDIO else "stdin"
     try:
-        api.decompress(_read_input(input))
-    except AmdError as e:
+        api.decompress(_read_input(input), max_size=max_size)
+    except Exception as e:  # AmdError, or a bug reported in one line
         _fail(name, e)
     click.echo(f"{name}: OK")
 
@@ -166,11 +222,12 @@ def test(input: str) -> None:
 @cli.command()
 @click.argument("input", metavar="FILE")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_interruptible
 def info(input: str, as_json: bool) -> None:
     """Show what an .amd file holds: kind, shape, model, sizes, bits/dim."""
     try:
         i = api.info(_read_input(input))
-    except AmdError as e:
+    except Exception as e:  # AmdError, or a bug reported in one line
         _fail(input, e)
     if as_json:
         click.echo(json.dumps(i.as_dict(), indent=2))
@@ -179,7 +236,10 @@ def info(input: str, as_json: bool) -> None:
     click.echo(f"file:        {input}\nmodel:       {i.model} (codec id {i.codec_id})\n"
                f"kind:        {i.kind} {shape} ({i.dims} dims)\n"
                f"size:        {i.file_bytes} bytes ({i.header_bytes} header + {i.payload_bytes} payload)\n"
-               f"bits/dim:    {i.bits_per_dim:.4f}\ncrc32:       {i.crc32}")
+               f"bits/dim:    {i.bits_per_dim:.4f}\ncrc32:       {i.crc32}\n"
+               f"format:      {i.format_version} ("
+               + ("checksum covers the header and the data)" if i.header_checked else
+                  "older format: the checksum covers the data only, not the header)"))
     for key, value in i.details.items():
         click.echo(f"{key.replace('_', ' ') + ':':<12} {value}")
 
@@ -217,7 +277,13 @@ def main(argv: list[str] | None = None) -> int:
         cli.main(args=argv, prog_name="amdcompress", standalone_mode=False)
     except SystemExit as e:
         return int(e.code or 0) if not isinstance(e.code, str) else 1
-    except click.exceptions.Abort:
+    except _Interrupted:
+        click.echo("amdcompress: interrupted", err=True)
+        return 130
+    except click.exceptions.Abort as e:
+        if isinstance(e.__cause__, KeyboardInterrupt):
+            click.echo("amdcompress: interrupted", err=True)
+            return 130
         click.echo("amdcompress: aborted", err=True)
         return 1
     except click.ClickException as e:

@@ -188,7 +188,7 @@ class LearnedBackend:
                         raise AmdError("corrupt payload: text length mismatch")
                     return textstream.join(sym, esc, shape[0]), None
                 batch = shape if kind == NPY_BATCH else (1,) + shape
-                if len(batch) != 4 or batch[3] != 3:
+                if len(batch) != 4 or batch[3] != 3 or batch[1] * batch[2] > MAX_PIXELS:
                     raise AmdError(f"corrupt header: {self.name} cannot have coded shape {shape}")
                 if checked:
                     out, crc = self.coding.decompress_checked(state, payload, batch, progress=progress)

@@ -1,6 +1,7 @@
 """The .amd container and the public API: framing, round trips of every input
 kind, and a fuzzed decoder that never returns wrong data."""
 import io
+import json
 
 import numpy as np
 import pytest
@@ -51,21 +52,83 @@ def test_header_roundtrip_and_compact_framing():
     assert len(lean) == len(blob) - 4
 
 
-def _version1(blob: bytes) -> bytes:
-    """The same file in format version 1 (4-byte tag, kind byte, CRC always)."""
+def _data_crc(raw: bytes) -> int:
+    return container.crc32(np.ascontiguousarray(formats.sniff(raw).array).tobytes())
+
+
+def _version1(blob: bytes, raw: bytes) -> bytes:
+    """The same file in format version 1 (4-byte tag, kind byte, CRC of the data always)."""
     h, payload = container.unpack(blob)
     assert h.crc32 is not None
     out = bytearray(b"AMD\x01") + bytes([h.codec_id]) + h.weights_tag.ljust(4, b"\0") + bytes([h.kind])
     for d in h.shape + (len(payload),):
         out += container.write_varint(d)
-    return bytes(out) + h.crc32.to_bytes(4, "little") + payload
+    return bytes(out) + _data_crc(raw).to_bytes(4, "little") + payload
 
 
-def test_version_1_files_still_decode(cifar):
-    for raw, model in [(b"version one " * 40, "lzma"), (png_bytes(cifar[0], "RGB"), "jxl"), (b"", "store")]:
-        old = _version1(amdcompress.compress(raw, model=model))
-        assert old[3] == 1 and amdcompress.decompress(old) == amdcompress.decompress(amdcompress.compress(raw, model=model))
-        assert amdcompress.info(old).header_bytes == len(old) - container.unpack(old)[1].__len__()
+def _version2(blob: bytes, raw: bytes) -> bytes:
+    """The same file in format version 2 (version 3's layout, the CRC of the data alone)."""
+    h, payload = container.unpack(blob)
+    assert h.crc32 is not None
+    v3 = bytearray(blob)
+    v3[3] = 2
+    crc_at = len(blob) - len(payload) - 4
+    v3[crc_at : crc_at + 4] = _data_crc(raw).to_bytes(4, "little")
+    return bytes(v3)
+
+
+def test_version_1_and_2_files_still_decode(cifar):
+    for raw, model in [(b"version one " * 40, "lzma"), (png_bytes(cifar[0], "RGB"), "jxl"), (b"", "store"),
+                       (b"and ppmd " * 30, "ppmd")]:
+        new = amdcompress.compress(raw, model=model)
+        for old in (_version1(new, raw), _version2(new, raw)):
+            assert amdcompress.decompress(old) == amdcompress.decompress(new)
+            i = amdcompress.info(old)
+            assert i.header_bytes == len(old) - len(container.unpack(old)[1])
+            assert i.format_version == old[3] and not i.header_checked and amdcompress.info(new).header_checked
+
+
+def test_older_versions_state_their_weaker_guarantee(tmp_path, capsys):
+    from amdcompress.cli import main
+
+    raw = b"older " * 50
+    (tmp_path / "new.amd").write_bytes(amdcompress.compress(raw, model="lzma"))
+    (tmp_path / "old.amd").write_bytes(_version2(amdcompress.compress(raw, model="lzma"), raw))
+    assert main(["info", str(tmp_path / "old.amd")]) == 0
+    assert "format:      2 (older format: the checksum covers the data only" in capsys.readouterr().out
+    assert main(["info", "--json", str(tmp_path / "new.amd")]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["format_version"] == 3 and d["header_checked"] is True
+
+
+def test_checksum_covers_the_header():
+    """Version 3: the CRC is that of the data followed by the header bytes from
+    the magic to the end of the shape, so kind and shape rewritten together
+    (same element count) no longer decode to a different file."""
+    raw = bytes(range(48)) * 2  # 96 bytes = a 4x8x3 image's worth
+    blob = amdcompress.compress(raw, model="store")
+    h, payload = container.unpack(blob)
+    covered = blob[: 8 + 1]  # magic .. shape (one 1-byte varint)
+    assert h.crc32 == container.crc32(covered, container.crc32(raw)) and h.covered == covered
+    forged = bytearray(blob[:5]) + bytes([formats.IMAGE_PNM]) + blob[6:8] + bytes([4, 8, 3]) + blob[9:]
+    assert container.unpack(bytes(forged))[0].shape == (4, 8, 3)
+    with pytest.raises(AmdError, match="checksum"):
+        amdcompress.decompress(bytes(forged))
+    old = _version2(blob, raw)  # the same forgery of a version-2 file: the weaker guarantee
+    forged2 = bytearray(old[:5]) + bytes([formats.IMAGE_PNM]) + old[6:8] + bytes([4, 8, 3]) + old[9:]
+    assert amdcompress.decompress(bytes(forged2)).startswith(b"P6\n8 4\n255\n")
+
+
+def test_non_shortest_varints_are_refused():
+    blob = amdcompress.compress(b"abc" * 50, model="lzma")
+    padded = blob[:8] + bytes([blob[8] | 0x80, 0x00]) + blob[9:]
+    with pytest.raises(AmdError, match="shortest form"):
+        amdcompress.decompress(padded)
+
+
+def test_framing_of_a_32x32_image_stays_13_bytes(cifar):
+    blob = amdcompress.compress(png_bytes(cifar[0], "RGB"), model="idf")
+    assert amdcompress.info(blob).header_bytes == 13
 
 
 def test_unknown_flags_and_misplaced_checksum_flag_are_clear():
@@ -168,6 +231,7 @@ def test_model_refusing_input_is_an_error():
     (b"", "bad magic"), (b"PK\x03\x04 zip file", "bad magic"), (b"AMD", "truncated"),
     (b"AMD\x09" + bytes(20), "version"), (b"AMD\x01\x01\x00\x00\x00\x00\x07" + bytes(10), "kind"),
     (b"AMD\x02\x01\x07\x00\x00" + bytes(10), "kind"), (b"AMD\x02\x01\x00", "truncated"),
+    (b"AMD\x03\x01\x07\x00\x00" + bytes(10), "kind"), (b"AMD\x03\x01\x00", "truncated"),
 ])
 def test_foreign_and_broken_headers(blob, msg):
     with pytest.raises(AmdError, match=msg):
@@ -227,3 +291,21 @@ def test_fuzz_truncation_and_extension(which, data):
         amdcompress.decompress(blob[:cut])
     with pytest.raises(AmdError):
         amdcompress.decompress(blob + data.draw(st.binary(min_size=1, max_size=8)))
+
+
+def test_version_2_idf_file_with_the_checksum_in_its_stream_still_decodes(cifar):
+    """A format-2 idf file: the anchor carries the CRC of the data alone."""
+    from amdcompress import backends
+
+    b = backends.by_name("idf")
+    if not b.available():
+        pytest.skip("idf weights not installed")
+    raw = png_bytes(cifar[1], "RGB")
+    data = formats.sniff(raw)
+    payload = b.encode_checked(data, _data_crc(raw))
+    new = amdcompress.compress(raw, model="idf")
+    h = container.unpack(new)[0]
+    old = (b"AMD\x02" + new[4:8] + b"".join(container.write_varint(d) for d in h.shape)
+           + container.write_varint(len(payload)) + payload)
+    assert amdcompress.decompress(old) == amdcompress.decompress(new)
+    assert not amdcompress.info(old).header_checked

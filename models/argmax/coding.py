@@ -290,12 +290,12 @@ def decode_symbols(model: ArgmaxFlow, tables: dict, stream: bytes, progress=None
     L, T, last = lane_layout(n)
     if lanes != L:
         raise CorruptStreamError("lane count does not match the length")
-    m = Message.from_bytes(stream[pos:])
+    m = Message.from_bytes(stream[pos:], seeded=True)  # pops below the seed prefix raise at once
     model.eval()
     db, W, q_lo, q_counts = _tables_np(tables)
     prior = _Prior(model.config.mixtures, db, W)
     bar = progress(n) if progress is not None else None
-    out = np.zeros((L, T), dtype=np.int64)
+    cols = []  # one column per decoded step: memory grows with the stream, not with the claimed n
     state = model.zero_state(L)
     tok = torch.full((L,), START, dtype=torch.long)
     for t in range(T):
@@ -311,12 +311,12 @@ def decode_symbols(model: ArgmaxFlow, tables: dict, stream: bytes, progress=None
             prefix[:A] = prefix[:A] << 1 | b
         if prefix[:A].max() >= K:
             raise CorruptStreamError("decoded an impossible symbol")
-        out[:, t] = prefix
+        cols.append(prefix)
         tok = torch.from_numpy(prefix.copy())
         _tick(bar, A)
     if bar is not None and hasattr(bar, "close"):
         bar.close()
-    sym = out.reshape(-1)[:n]
+    sym = np.stack(cols, axis=1).reshape(-1)[:n]
     if sym.max() >= K:
         raise CorruptStreamError("decoded an impossible symbol")
     if not m.is_seed_remainder(seed_words_for(L)):

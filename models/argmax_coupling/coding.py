@@ -54,7 +54,7 @@ from amdcompress.codecs.varint import read_head, read_varint, write_head
 
 from ..argmax.network import BITS, K
 from ..argmax.coding import PARAM_GRID, build_coding_tables, q_support
-from .network import ArgmaxCouplingFlow, CouplingConfig, chunk_sizes, pad_k
+from .network import WARMUP_DIV, WARMUP_FIRST, ArgmaxCouplingFlow, CouplingConfig, chunk_sizes, pad_k
 
 STREAM_VERSION = 1
 Z_LIMIT = 1 << 20          # |z| in grid steps; escapes are uniform on [-Z_LIMIT, Z_LIMIT]
@@ -155,6 +155,23 @@ class Coder:
         sizes = chunk_sizes(n, self.L)
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int).tolist()
         return list(zip(starts, sizes))
+
+    def _chunks_reversed(self, n: int):
+        """:meth:`_chunks` in reverse (the decoder's order), lazily: only the
+        warm-up is listed, so a forged symbol count costs no memory or time."""
+        warm, done = [], 0
+        while done < n:
+            size = min(self.L, WARMUP_FIRST + done // WARMUP_DIV, n - done)
+            if size == self.L:  # warm-up over: every later chunk is min(L, what is left)
+                break
+            warm.append((done, size))
+            done += size
+        nfull, tail = divmod(n - done, self.L)
+        if tail:
+            yield done + nfull * self.L, tail
+        for i in range(nfull - 1, -1, -1):
+            yield done + i * self.L, self.L
+        yield from reversed(warm)
 
     def _flow(self, k: np.ndarray, nv: int, inverse: bool) -> np.ndarray:
         """Integer couplings of one chunk: k (nv, 5) -> (nv, 5); batch 1, the
@@ -257,18 +274,19 @@ class Coder:
         (n,), pos = read_head(stream, STREAM_VERSION, 1, "argmax-coupling", max_symbols, empty_is_head=True)
         if n == 0:
             return np.zeros(0, dtype=np.int64)
-        m = Message.from_bytes(stream[pos:])
-        out = np.zeros(n, dtype=np.int64)
+        m = Message.from_bytes(stream[pos:], seeded=True)  # pops below the seed prefix raise at once
+        pieces = []  # decoded chunks, last first: memory grows with the stream, not with the claimed n
         bar = progress(n) if progress is not None else None
-        for s, nv in reversed(self._chunks(n)):
-            m, out[s : s + nv] = bits_back_joint(self._joint(nv), self._q).pop(m)
+        for s, nv in self._chunks_reversed(n):
+            m, x = bits_back_joint(self._joint(nv), self._q).pop(m)
+            pieces.append(x)
             if bar is not None:
                 bar.update(nv)
         if bar is not None and hasattr(bar, "close"):
             bar.close()
         if not m.is_seed_remainder(seed_words_for(self.L)):
             raise CorruptStreamError("stream not consumed exactly")
-        return out
+        return np.concatenate(pieces[::-1])
 
 
 # -- weights -----------------------------------------------------------------------------

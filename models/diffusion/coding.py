@@ -244,6 +244,7 @@ class DiffusionCoder:
         return m, peak
 
     def _decode_gen(self, m: Message, n: int, ts: np.ndarray, block: int, bar) -> tuple[Message, np.ndarray]:
+        m.require_bits(n * math.log2(K))  # before allocating: the stream must hold x_T of the whole generation
         blks = blocks(n, block)
         m, x = Uniform(np.full(n, K)).pop(m)
         for i in range(len(ts) - 1, 0, -1):
@@ -337,23 +338,21 @@ class DiffusionCoder:
         from amdcompress.codecs import CorruptStreamError
 
         try:
-            m = Message.from_bytes(data[pos:])
+            m = Message.from_bytes(data[pos:], seeded=True)  # pops below the seed prefix raise at once
         except CorruptStreamError as e:
             raise AmdError(f"corrupt payload ({e})") from None
         bar = _Ticker(progress, steps, n) if progress is not None else None
         ts = chain(self.T, steps)
-        out = np.empty(n, dtype=np.int64)
-        ends = np.cumsum(gens)
+        pieces = []  # generations, last first: memory grows with the stream, not with the claimed n
         with coding_mode():
             for gi in range(len(gens) - 1, -1, -1):
-                hi = int(ends[gi])
-                lo = hi - gens[gi]
-                m, out[lo:hi] = self._decode_gen(m, hi - lo, ts, block, bar)
+                m, x = self._decode_gen(m, gens[gi], ts, block, bar)
+                pieces.append(x)
         if bar is not None:
             bar.close()
         if not m.is_seed_remainder(seed_words_for(n)):
             raise AmdError("corrupt payload: the diffusion chain did not return to its initial bits")
-        return out
+        return np.concatenate(pieces[::-1])
 
 
 def stream_steps(data: bytes) -> int:

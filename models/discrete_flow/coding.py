@@ -28,7 +28,13 @@ tables by :func:`amdcompress.codecs.categorical_from_logits` (row-independent,
 so the encoder may build many rows at once and the decoder one step at a time).
 The container's checksum turns any remaining mismatch into an error.
 
-Stream layout: ``version (1 byte) | varint n | Message.to_bytes()``.
+Stream layout: ``version (1 byte) | varint n | Message.to_bytes(seed_prefix=False)``
+of a message anchored on :data:`ANCHOR` (stream version 2; nothing after the
+head when n = 0). The anchor gives the decoder a floor: a pop below it (an
+exhausted or forged stream) raises at once, where an exact stream that starts
+empty decodes symbol 0 for free at its bottom, up to any length a header
+claims. Version 1 (an unanchored ``Message.to_bytes()``) still decodes, except
+inside a format-3 container (:func:`amdcompress.codecs.message.strict_streams`).
 """
 from __future__ import annotations
 
@@ -44,7 +50,8 @@ from amdcompress.codecs.varint import read_head, write_head
 
 from .network import LN2, DiscreteFlow, DiscreteFlowConfig
 
-STREAM_VERSION = 1
+STREAM_VERSION = 2
+ANCHOR = 0x00D15C0F        # the anchor (any constant: it costs the same 33 bits as an empty stack's bottom)
 PARAM_GRID = 4096.0        # base logits are rounded to multiples of 1/4096
 FLOW_BATCH = 256           # chunks per flow call
 MAX_LANES = 256
@@ -115,14 +122,14 @@ def encode_symbols(model: DiscreteFlow, sym: np.ndarray, progress=None, stats: d
     n = int(sym.size)
     head = write_head(STREAM_VERSION, n)
     if n == 0:
-        return head + Message.empty().to_bytes()
+        return head
     k = model.config.k
     if sym.min() < 0 or sym.max() >= k:
         raise ValueError(f"symbol outside 0..{k - 1}")
     model.eval()
     bar = progress(2 * n) if progress is not None else None
     z = apply_flow(model, sym)
-    m = Message.empty()
+    m = Message.anchored(ANCHOR)
     info = 0.0
     if model.config.base == "factorized":
         table = factorized_counts(model)
@@ -159,7 +166,7 @@ def encode_symbols(model: DiscreteFlow, sym: np.ndarray, progress=None, stats: d
         lanes = L
     if bar is not None and hasattr(bar, "close"):
         bar.close()
-    out = head + m.to_bytes()
+    out = head + m.to_bytes(seed_prefix=False)
     if stats is not None:
         stats.update({"symbols": n, "lanes": lanes, "info_bits": info, "stream_bytes": len(out)})
     return out
@@ -171,9 +178,19 @@ def decode_symbols(model: DiscreteFlow, stream: bytes, progress=None, max_symbol
     """Model stream bytes -> symbols. Raises the codec layer's
     :class:`CorruptStreamError` on a stream this coder did not write with
     these weights, when the damage is detectable here."""
+    from amdcompress.codecs.message import strict_streams
+
     stream = bytes(stream)
-    (n,), pos = read_head(stream, STREAM_VERSION, 1, "discrete-flow", max_symbols)
-    m = Message.from_bytes(stream[pos:])
+    version = 1 if stream[:1] == b"\x01" and not strict_streams() else STREAM_VERSION
+    (n,), pos = read_head(stream, version, 1, "discrete-flow", max_symbols)
+    if version == 1:  # an older stream: from an empty stack, no floor
+        m = Message.from_bytes(stream[pos:])
+    elif n == 0:
+        if pos != len(stream):
+            raise CorruptStreamError("trailing data")
+        return np.zeros(0, dtype=np.int64)
+    else:
+        m = Message.from_bytes(stream[pos:], seed_prefix=False, anchored=True)
     k = model.config.k
     model.eval()
     if n == 0:
@@ -183,26 +200,29 @@ def decode_symbols(model: DiscreteFlow, stream: bytes, progress=None, max_symbol
     bar = progress(n) if progress is not None else None
     if model.config.base == "factorized":
         table = factorized_counts(model)
-        pos_in_chunk = np.arange(n) % model.config.chunk
-        z = np.empty(n, dtype=np.int64)
+        parts = []  # memory grows with the stream, not with the claimed n
         for s in range(0, n, BLOCK):
-            m, z[s : s + BLOCK] = Categorical(table[pos_in_chunk[s : s + BLOCK]]).pop(m)
+            m, zs = Categorical(table[np.arange(s, min(n, s + BLOCK)) % model.config.chunk]).pop(m)
+            parts.append(zs)
             _tick(bar, min(BLOCK, n - s))
+        z = np.concatenate(parts)
     else:
         L, T, last = lane_layout(n)
-        Z = np.zeros((L, T), dtype=np.int64)
+        cols = []  # one column per step: memory grows with the stream, not with the claimed n
         state = model.base.zero_state(L)
         tok = torch.full((L,), k, dtype=torch.long)
         for t in range(T):
             A = L if t < last else L - 1
             logits, state = _ar_logits(model, tok, state)
-            m, Z[:A, t] = Categorical(categorical_from_logits(logits[:A])).pop(m)
-            tok = torch.from_numpy(Z[:, t].copy())
+            col = np.zeros(L, dtype=np.int64)
+            m, col[:A] = Categorical(categorical_from_logits(logits[:A])).pop(m)
+            cols.append(col)
+            tok = torch.from_numpy(col.copy())
             _tick(bar, A)
-        z = Z.reshape(-1)[:n]
+        z = np.stack(cols, axis=1).reshape(-1)[:n]
     if bar is not None and hasattr(bar, "close"):
         bar.close()
-    if not m.is_empty():
+    if not (m.is_empty() if version == 1 else m.anchor() == ANCHOR):
         raise CorruptStreamError("stream not consumed exactly")
     return apply_flow(model, z, inverse=True)
 

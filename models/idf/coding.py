@@ -279,7 +279,10 @@ def decode(model: IDF, payload: bytes, shape: tuple[int, int, int, int], progres
         m = Message.from_bytes(payload)
     except CorruptStreamError as e:
         raise AmdError(f"corrupt payload ({e})") from None
-    out, m = _decode(model, m, shape, progress)
+    try:
+        out, m = _decode(model, m, shape, progress)
+    except CorruptStreamError as e:  # e.g. the stream ran out before the images did
+        raise AmdError(f"corrupt payload ({e})") from None
     if not m.is_empty():
         raise AmdError("corrupt payload (data left over after decoding)")
     return out
@@ -291,10 +294,13 @@ def decode_checked(model: IDF, payload: bytes, shape: tuple[int, int, int, int],
     the stream carried. The caller compares it with the checksum of the images;
     AmdError if the payload is corrupt or does not end on an anchor."""
     try:
-        m = Message.from_bytes(payload, seed_prefix=False)
+        m = Message.from_bytes(payload, seed_prefix=False, anchored=True)  # a pop below the anchor raises at once
     except CorruptStreamError as e:
         raise AmdError(f"corrupt payload ({e})") from None
-    out, m = _decode(model, m, shape, progress)
+    try:
+        out, m = _decode(model, m, shape, progress)
+    except CorruptStreamError as e:  # e.g. popped below the anchor: the stream ran out before the images did
+        raise AmdError(f"corrupt payload ({e})") from None
     carried = m.anchor()
     if carried is None:
         raise AmdError("corrupt payload (the stream does not end on its checksum)")
@@ -307,7 +313,7 @@ def _decode(model: IDF, m: Message, shape: tuple[int, int, int, int], progress: 
         raise AmdError(f"IDF model codes {model.config['in_channels']} channels, file has {c}")
     hp, wp = padded_size(h, w, model.multiple)
     chunks = image_chunks(n, hp, wp)
-    out = np.empty((n, h, w, c), dtype=np.uint8)
+    pieces = []  # decoded chunks of images: memory grows with the stream, not with the claimed n
     bar = progress(len(chunks)) if progress else None
     model.eval()
     with coding_mode(CODING_THREADS):
@@ -324,12 +330,12 @@ def _decode(model: IDF, m: Message, shape: tuple[int, int, int, int], progress: 
             px = (x + CENTER).permute(0, 2, 3, 1).numpy()
             if not np.all(np.isfinite(px)) or px.min() < 0 or px.max() > 255:
                 raise AmdError("corrupt payload (decoded pixels out of range)")
-            out[s:e] = px[:, :h, :w].astype(np.uint8)
+            pieces.append(px[:, :h, :w].astype(np.uint8))
             if bar is not None:
                 bar.update(1)
     if bar is not None and hasattr(bar, "close"):
         bar.close()
-    return out, m
+    return (np.concatenate(pieces) if pieces else np.zeros((0, h, w, c), np.uint8)), m
 
 
 # ---------------------------------------------------------------------------
