@@ -78,7 +78,7 @@ def _first_difference(a: bytes, b: bytes) -> str:
 def test_manifest_covers_every_codec_and_file():
     models = {b.name for b in backends.all_backends() if not b.learned or b.available()}
     assert models <= {e["model"] for e in CURRENT}, "a codec without golden files: run make_golden.py --write"
-    on_disk = {p.name for p in GOLDEN.glob("*.amd")}
+    on_disk = {p.relative_to(GOLDEN).as_posix() for p in GOLDEN.rglob("*.amd")}
     assert on_disk == {e["file"] for e in ENTRIES}
     for e in ENTRIES:
         assert hashlib.sha256(_read(e["input"])).hexdigest() == e["input_sha256"], e["input"]
