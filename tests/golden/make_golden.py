@@ -123,6 +123,8 @@ _TEXT_MODELS = ("argmax", "argmax-coupling", "discrete-flow")
 SPECS: list[Spec] = [
     Spec("store_bytes.amd", "bytes.bin", "store"),
     Spec("lzma_bytes.amd", "bytes.bin", "lzma"),
+    Spec("ppmd_text8.amd", "text8_400.txt", "ppmd"),
+    Spec("ppmd_escapes.amd", "escapes.txt", "ppmd"),
     Spec("jxl_cifar.amd", "cifar_test0.png", "jxl",
          note="libjxl's encoder output is not ours: the re-encode check runs only with the libjxl version recorded"),
     Spec("idf_cifar.amd", "cifar_test0.png", "idf"),
