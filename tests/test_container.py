@@ -302,7 +302,7 @@ def test_version_2_idf_file_with_the_checksum_in_its_stream_still_decodes(cifar)
         pytest.skip("idf weights not installed")
     raw = png_bytes(cifar[1], "RGB")
     data = formats.sniff(raw)
-    payload = b.encode_checked(data, _data_crc(raw))
+    payload = b.encode(data, checksum=_data_crc(raw))
     new = amdcompress.compress(raw, model="idf")
     h = container.unpack(new)[0]
     old = (b"AMD\x02" + new[4:8] + b"".join(container.write_varint(d) for d in h.shape)
