@@ -10,6 +10,26 @@ rounded everywhere (+, -, *, /, floor, ldexp) and sums in a fixed order. The
 exponential is our own (:func:`det_exp`), because ``np.exp`` may take different
 SIMD paths on different CPUs. Parameters are cast to float32 first, so a model
 may hand in float32 or float64 alike.
+
+Speed without changing a bit. The tables are a file format: every function
+here computes, element for element, the very operations of its first
+(straightforward) version, in the same order, so files written before decode
+after and vice versa (``tests/test_distributions_reference.py`` pins this
+against that version, kept verbatim in the test). What changed is only how the
+work is laid out:
+
+* blocks of a few ten thousand elements, so the ~30 passes of the exponential
+  run in cache, in place, with reused scratch buffers and no temporaries;
+* tables are built *transposed* (symbol index first, rows last), so that the
+  per-row parameters broadcast along long contiguous rows and the fixed-order
+  row sums (left to right, as ``cumsum`` sums) are K vector additions instead
+  of K-long dependency chains (``np.sum``'s pairwise order is never used);
+* the sign flip of the sigmoid is folded into its argument:
+  ``-((e - mu) * s) == (mu - e) * s`` bit for bit, because round-to-nearest
+  is symmetric under negation;
+* the quantizer skips its masking pass when a block holds only finite,
+  non-negative weights with finite row totals (the masking is then the
+  identity) and takes the reference path otherwise.
 """
 from __future__ import annotations
 
@@ -26,45 +46,101 @@ _INV_LN2 = 1.44269504088896338700e00
 # Taylor coefficients 1/n! for exp on |r| <= ln2/2: degree 10, relative error
 # below 2e-12, far finer than the 24-bit tables built from it.
 _EXP_COEFFS = [1.0 / float(np.prod(np.arange(1, n + 1, dtype=np.float64))) for n in range(11)]
+_HORNER = tuple(reversed(_EXP_COEFFS[:-2]))  # c8 .. c0, after p = c10 * r + c9
+
+# Elements per block: the exponential's working set (value, k, r, int k) stays
+# in the L2 cache.
+_BLOCK = 1 << 15
+
+
+# ---------------------------------------------------------------------------
+# exponential and sigmoid
+
+
+class _Scratch:
+    """Reusable scratch buffers of the in-place exponential (flat, >= n elements)."""
+
+    __slots__ = ("k", "r", "ki", "size")
+
+    def __init__(self, n: int):
+        self.size = max(1, n)
+        self.k = np.empty(self.size, dtype=np.float64)
+        self.r = np.empty(self.size, dtype=np.float64)
+        self.ki = np.empty(self.size, dtype=np.int32)
+
+
+def _exp_inplace(x: np.ndarray, sc: _Scratch) -> None:
+    """x <- det_exp(x) for a flat contiguous float64 array, len(x) <= sc.size.
+
+    The operations of :func:`det_exp`'s definition, in its order: clip;
+    k = rint(x / ln 2); r = (x - k * LN2_HI) - k * LN2_LO; Horner from the
+    degree-10 coefficient (c10 * r is r * c10: IEEE products commute);
+    ldexp(p, int32(k))."""
+    n = x.shape[0]
+    k, r, ki = sc.k[:n], sc.r[:n], sc.ki[:n]
+    np.clip(x, -740.0, 705.0, out=x)
+    np.multiply(x, _INV_LN2, out=k)
+    np.rint(k, out=k)
+    np.multiply(k, _LN2_HI, out=r)
+    np.subtract(x, r, out=r)          # r = x - k * LN2_HI
+    np.multiply(k, _LN2_LO, out=x)
+    np.subtract(r, x, out=r)          # r -= k * LN2_LO
+    np.multiply(r, _EXP_COEFFS[10], out=x)
+    np.add(x, _EXP_COEFFS[9], out=x)
+    for c in _HORNER:
+        np.multiply(x, r, out=x)
+        np.add(x, c, out=x)
+    np.copyto(ki, k, casting="unsafe")  # k.astype(np.int32)
+    np.ldexp(x, ki, out=x)
 
 
 def det_exp(x: np.ndarray) -> np.ndarray:
     """exp(x) in float64 from correctly rounded operations only: bit-identical on
     every IEEE-754 machine. Relative error below 2e-12; clamps to [-740, 705]."""
-    x = np.clip(np.asarray(x, dtype=np.float64), -740.0, 705.0)
-    k = np.rint(x * _INV_LN2)
-    r = x - k * _LN2_HI
-    r -= k * _LN2_LO
-    p = np.full_like(r, _EXP_COEFFS[-1])
-    for c in reversed(_EXP_COEFFS[:-1]):
-        p *= r
-        p += c
-    return np.ldexp(p, k.astype(np.int32), out=p)
+    out = np.array(x, dtype=np.float64, order="C", copy=True)
+    flat = out.reshape(-1)
+    n = flat.shape[0]
+    sc = _Scratch(min(n, _BLOCK))
+    for s in range(0, n, _BLOCK):
+        _exp_inplace(flat[s : s + _BLOCK], sc)
+    return out
+
+
+def _sigmoid_of_neg_inplace(u: np.ndarray, sc: _Scratch) -> None:
+    """u <- 1 / (1 + det_exp(u)) = det_sigmoid(-u), flat contiguous."""
+    _exp_inplace(u, sc)
+    np.add(u, 1.0, out=u)
+    np.reciprocal(u, out=u)
 
 
 def det_sigmoid(x: np.ndarray) -> np.ndarray:
     """1 / (1 + exp(-x)) with :func:`det_exp`."""
-    e = det_exp(-np.asarray(x, dtype=np.float64))
-    e += 1.0
-    return np.reciprocal(e, out=e)
+    out = np.array(x, dtype=np.float64, order="C", copy=True)
+    np.negative(out, out=out)
+    flat = out.reshape(-1)
+    n = flat.shape[0]
+    sc = _Scratch(min(n, _BLOCK))
+    for s in range(0, n, _BLOCK):
+        _sigmoid_of_neg_inplace(flat[s : s + _BLOCK], sc)
+    return out
 
 
 def _as_f64(a) -> np.ndarray:
     return np.asarray(a, dtype=np.float32).astype(np.float64)
 
 
-def quantize_weights(weights: np.ndarray) -> np.ndarray:
-    """Non-negative weights (N, K) -> integer counts (N, K): each row sums to
-    ``TOTAL``, every entry >= 1, and the map is monotone in each weight.
+def _as_f32(a) -> np.ndarray:
+    return np.asarray(a, dtype=np.float32)
 
-    Rows whose weights are all zero (or not finite) become uniform.
-    """
-    w = np.asarray(weights, dtype=np.float64)
-    if w.ndim != 2:
-        raise ValueError("weights must be 2-D (symbols, alphabet)")
+
+# ---------------------------------------------------------------------------
+# quantization
+
+
+def _quantize_reference(w: np.ndarray) -> np.ndarray:
+    """The quantizer's definition (float64 (n, k) weights -> counts): the path
+    for blocks that hold non-finite or negative weights or degenerate rows."""
     n, k = w.shape
-    if not 1 <= k <= MAX_ALPHABET:
-        raise ValueError(f"alphabet size {k} outside 1..{MAX_ALPHABET}")
     w = np.where(np.isfinite(w) & (w > 0), w, 0.0)
     total = np.cumsum(w, axis=1)[:, -1:]  # sequential: order-fixed
     bad = ~(total > 0)
@@ -79,6 +155,80 @@ def quantize_weights(weights: np.ndarray) -> np.ndarray:
     return counts
 
 
+def _row_sums_t(wt: np.ndarray) -> np.ndarray:
+    """Sums of the columns of a transposed block (k, b), each summed top to
+    bottom: the order of ``np.cumsum(w, axis=1)[:, -1]`` on the rows of w."""
+    total = wt[0].copy()
+    for j in range(1, wt.shape[0]):
+        np.add(total, wt[j], out=total)
+    return total
+
+
+_FREE_TOTAL_MIN = 1e-290  # row totals below this could make free / total overflow
+
+
+def _quantize_t(wt: np.ndarray, out: np.ndarray, ct: np.ndarray) -> None:
+    """Quantize a transposed block of weights ``wt`` (k, b) (overwritten) into
+    ``out`` (b, k) int64 rows; ``ct`` is an int64 (k, b) scratch.
+
+    Fast path, when every weight is finite and >= 0 and every row total is in
+    [1e-290, inf): the reference's masking is then the identity (a -0.0 weight
+    quantizes like +0.0), floor equals truncation, and each count is at most
+    TOTAL - k (w <= total for sums of non-negative numbers, and
+    w * RN(free / total) < free + 1), so the clamp is the identity too."""
+    k, b = wt.shape
+    mn = wt.min() if wt.size else 0.0
+    if not mn >= 0.0:  # also NaN
+        out[...] = _quantize_reference(wt.T)
+        return
+    total = _row_sums_t(wt)
+    if not (total.min() >= _FREE_TOTAL_MIN and total.max() < np.inf):
+        out[...] = _quantize_reference(wt.T)
+        return
+    scale = np.divide(float(TOTAL - k), total, out=total)
+    np.multiply(wt, scale, out=wt)
+    np.copyto(ct, wt, casting="unsafe")  # floor: the values are >= 0
+    np.add(ct, 1, out=ct)
+    deficit = np.add.reduce(ct, axis=0)  # integers: any order
+    np.subtract(TOTAL, deficit, out=deficit)
+    np.copyto(out, ct.T)
+    out[np.arange(b), np.argmax(out, axis=1)] += deficit
+
+
+def _check_alphabet(k: int) -> None:
+    if not 1 <= k <= MAX_ALPHABET:
+        raise ValueError(f"alphabet size {k} outside 1..{MAX_ALPHABET}")
+
+
+def _rows_per_block(k: int, n: int) -> int:
+    return max(1, min(n, _BLOCK // k if k < _BLOCK else 1))
+
+
+def quantize_weights(weights: np.ndarray) -> np.ndarray:
+    """Non-negative weights (N, K) -> integer counts (N, K): each row sums to
+    ``TOTAL``, every entry >= 1, and the map is monotone in each weight.
+
+    Rows whose weights are all zero (or not finite) become uniform.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 2:
+        raise ValueError("weights must be 2-D (symbols, alphabet)")
+    n, k = w.shape
+    _check_alphabet(k)
+    out = np.empty((n, k), dtype=np.int64)
+    if n == 0:
+        return out
+    b = _rows_per_block(k, n)
+    wt = np.empty((k, b), dtype=np.float64)
+    ct = np.empty((k, b), dtype=np.int64)
+    for s in range(0, n, b):
+        e = min(n, s + b)
+        m = e - s
+        np.copyto(wt[:, :m], w[s:e].T)
+        _quantize_t(wt[:, :m], out[s:e], ct[:, :m])
+    return out
+
+
 def categorical_from_probs(probs: np.ndarray) -> np.ndarray:
     """Counts from (N, K) probabilities or unnormalized non-negative weights."""
     return quantize_weights(_as_f64(probs))
@@ -86,14 +236,36 @@ def categorical_from_probs(probs: np.ndarray) -> np.ndarray:
 
 def categorical_from_logits(logits: np.ndarray) -> np.ndarray:
     """Counts from (N, K) logits (softmax, max-subtracted)."""
-    z = _as_f64(logits)
-    z = z - z.max(axis=1, keepdims=True)
-    return quantize_weights(det_exp(z))
+    x = _as_f32(logits)
+    if x.ndim != 2:
+        raise ValueError("weights must be 2-D (symbols, alphabet)")
+    n, k = x.shape
+    _check_alphabet(k)
+    out = np.empty((n, k), dtype=np.int64)
+    if n == 0:
+        return out
+    b = _rows_per_block(k, n)
+    zt = np.empty((k, b), dtype=np.float64)
+    ct = np.empty((k, b), dtype=np.int64)
+    sc = _Scratch(k * b)
+    for s in range(0, n, b):
+        e = min(n, s + b)
+        m = e - s
+        z = zt[:, :m] if m == b else np.empty((k, m), dtype=np.float64)
+        np.copyto(z, x[s:e].T)                       # float32 -> float64, exact
+        np.subtract(z, np.maximum.reduce(z, axis=0), out=z)  # a max is order-free
+        _exp_inplace(z.reshape(-1), sc)
+        _quantize_t(z, out[s:e], ct[:, :m])
+    return out
 
 
 def uniform_counts(n: int, k: int) -> np.ndarray:
     """Counts of ``n`` uniform distributions over ``k`` symbols."""
     return quantize_weights(np.ones((n, k)))
+
+
+# ---------------------------------------------------------------------------
+# discretized logistic mixtures
 
 
 def _mixture_params(means, log_scales, logit_weights):
@@ -127,21 +299,15 @@ def logistic_mixture_weights(
     return _mixture_mass(np.asarray(support, dtype=np.float64), mu, inv_s, pi, lo, hi)
 
 
-def _mixture_mass(x, mu, inv_s, pi, lo=None, hi=None):
-    """Mass of each bin of ``x`` (N, K); when the bins of a row are consecutive
-    integers, each CDF edge is evaluated once."""
-    consecutive = x.shape[1] > 1 and bool(np.all(x[:, 1:] - x[:, :-1] == 1.0))
+def _mixture_mass_scattered(x, mu, inv_s, pi, lo=None, hi=None):
+    """Mass of bins that are not consecutive integers (each bin's two CDF
+    edges evaluated from its centre)."""
     out = np.zeros(x.shape, dtype=np.float64)
     for j in range(mu.shape[1]):  # fixed summation order over components
         s = inv_s[:, j : j + 1]
-        if consecutive:
-            edges = np.concatenate([x[:, :1] - 0.5, x + 0.5], axis=1)
-            cdf = det_sigmoid((edges - mu[:, j : j + 1]) * s)
-            upper, lower = cdf[:, 1:], cdf[:, :-1]
-        else:
-            c = (x - mu[:, j : j + 1]) * s
-            upper = det_sigmoid(c + 0.5 * s)
-            lower = det_sigmoid(c - 0.5 * s)
+        c = (x - mu[:, j : j + 1]) * s
+        upper = det_sigmoid(c + 0.5 * s)
+        lower = det_sigmoid(c - 0.5 * s)
         if hi is not None:
             upper = np.where(x >= hi, 1.0, upper)
         if lo is not None:
@@ -150,6 +316,74 @@ def _mixture_mass(x, mu, inv_s, pi, lo=None, hi=None):
         np.maximum(mass, 0.0, out=mass)
         mass *= pi[:, j : j + 1]
         out += mass
+    return out
+
+
+class _MassKernel:
+    """Mixture mass of consecutive bins on transposed blocks: edges (W+1, b)
+    -> masses (W, b) accumulated over the components in order 0..M-1, with
+    per-row parameters (M, b). Scratch buffers are sized once per table."""
+
+    def __init__(self, width: int, rows: int):
+        self.cdf = np.empty((width + 1, rows), dtype=np.float64)
+        self.mass = np.empty((width, rows), dtype=np.float64)
+        self.sc = _Scratch((width + 1) * rows)
+
+    def run(self, edges, mu_t, inv_s_t, pi_t, acc, lo_mask=None, hi_mask=None):
+        """acc (W, b) <- sum_j pi_j * max(sigma((e_{i+1} - mu_j) s_j) - sigma((e_i - mu_j) s_j), 0),
+        with the reference's folding: a bin in ``hi_mask`` has upper CDF 1, one in
+        ``lo_mask`` lower CDF 0 (masks (W, b) bool or None)."""
+        w1, b = edges.shape
+        cdf = self.cdf[:, :b] if b == self.cdf.shape[1] else np.empty((w1, b))
+        mass = self.mass[:, :b] if b == self.mass.shape[1] else np.empty((w1 - 1, b))
+        flat = cdf.reshape(-1)
+        for j in range(mu_t.shape[0]):
+            np.subtract(mu_t[j], edges, out=cdf)           # -(e - mu) exactly
+            np.multiply(cdf, inv_s_t[j], out=cdf)           # -((e - mu) * s) exactly
+            _sigmoid_of_neg_inplace(flat, self.sc)          # sigma((e - mu) * s)
+            np.subtract(cdf[1:], cdf[:-1], out=mass)
+            if hi_mask is not None or lo_mask is not None:
+                upper = cdf[1:] if hi_mask is None else np.where(hi_mask, 1.0, cdf[1:])
+                lower = cdf[:-1] if lo_mask is None else np.where(lo_mask, 0.0, cdf[:-1])
+                np.subtract(upper, lower, out=mass)
+            np.maximum(mass, 0.0, out=mass)
+            np.multiply(mass, pi_t[j], out=mass)
+            if j == 0:
+                np.add(mass, 0.0, out=acc)                  # 0.0 + mass, as from zeros
+            else:
+                np.add(acc, mass, out=acc)
+
+
+def _consecutive(x: np.ndarray) -> bool:
+    return x.shape[1] > 1 and bool(np.all(x[:, 1:] - x[:, :-1] == 1.0))
+
+
+def _mixture_mass(x, mu, inv_s, pi, lo=None, hi=None):
+    """Mass of each bin of ``x`` (N, K); when the bins of a row are consecutive
+    integers, each CDF edge is evaluated once."""
+    if not _consecutive(x):
+        return _mixture_mass_scattered(x, mu, inv_s, pi, lo, hi)
+    n, w = x.shape
+    out = np.empty((n, w), dtype=np.float64)
+    if n == 0:
+        return out
+    b = _rows_per_block(w + 1, n)
+    ker = _MassKernel(w, b)
+    edges = np.empty((w + 1, b), dtype=np.float64)
+    acc = np.empty((w, b), dtype=np.float64)
+    mu_t, inv_s_t, pi_t = (np.ascontiguousarray(a.T) for a in (mu, inv_s, pi))
+    for s in range(0, n, b):
+        e = min(n, s + b)
+        m = e - s
+        ed = edges[:, :m] if m == b else np.empty((w + 1, m))
+        ac = acc[:, :m] if m == b else np.empty((w, m))
+        xt = x[s:e].T
+        np.subtract(xt[:1], 0.5, out=ed[:1])
+        np.add(xt, 0.5, out=ed[1:])
+        hi_mask = None if hi is None else xt >= hi
+        lo_mask = None if lo is None else xt <= lo
+        ker.run(ed, mu_t[:, s:e], inv_s_t[:, s:e], pi_t[:, s:e], ac, lo_mask, hi_mask)
+        np.copyto(out[s:e], ac.T)
     return out
 
 
@@ -169,8 +403,69 @@ def windowed_logistic_mixture_counts(
     latents whose range is too wide for a full table."""
     mu, inv_s, pi, norm = _mixture_params(means, log_scales, logit_weights)
     c = np.asarray(centers, dtype=np.int64)
-    offs = np.arange(-half_window, half_window + 1, dtype=np.int64)
-    support = (c[:, None] + offs[None, :]).astype(np.float64)
-    w = _mixture_mass(support, mu, inv_s, pi)
-    tail = np.maximum(norm - np.cumsum(w, axis=1)[:, -1:], 0.0)
-    return quantize_weights(np.concatenate([w, tail], axis=1))
+    return windowed_mixture_table(c, half_window, mu, inv_s, pi, norm)
+
+
+_EXACT = 1 << 52  # integers below this in magnitude are exact in float64
+
+
+def windowed_mixture_table(c, half_window: int, mu, inv_s, pi, norm, exclude: int = -1) -> np.ndarray:
+    """Counts over the window ``c - hw .. c + hw`` of each row under a mixture
+    in :func:`_mixture_params` form, without the offsets ``|o| <= exclude``
+    (a ring around an inner window coded before; -1: none), plus a last escape
+    symbol with mass ``max(norm - sum of the whole window's masses, 0)`` (the
+    sum left to right over all ``2 hw + 1`` bins, excluded ones included).
+
+    ``exclude = -1`` is :func:`windowed_logistic_mixture_counts`; a ring is the
+    outer table of :class:`amdcompress.models.idf.coding.PartCoder`, built
+    without its masses ever leaving the transposed blocks."""
+    hw = int(half_window)
+    c = np.asarray(c, dtype=np.int64).reshape(-1)
+    n = c.shape[0]
+    w = 2 * hw + 1
+    offs = np.arange(-hw, hw + 1, dtype=np.int64)
+    ex = min(int(exclude), hw)
+    keep = np.abs(offs) > ex
+    k = int(keep.sum()) + 1
+    norm = np.asarray(norm, dtype=np.float64).reshape(-1, 1)
+    exact = n > 0 and w > 1 and int(np.abs(c).max()) + hw < _EXACT
+    if not exact:  # bins not provably consecutive floats: the definition, verbatim
+        support = (c[:, None] + offs[None, :]).astype(np.float64)
+        m = _mixture_mass(support, mu, inv_s, pi)
+        tail = np.maximum(norm - np.cumsum(m, axis=1)[:, -1:], 0.0)
+        return quantize_weights(np.concatenate([m[:, keep], tail], axis=1))
+    _check_alphabet(k)
+    out = np.empty((n, k), dtype=np.int64)
+    b = _rows_per_block(w + 1, n)
+    ker = _MassKernel(w, b)
+    ring = ex >= 0
+    lo_end, hi_start = hw - ex, hw + ex + 1        # ring: bins [0, lo_end) and [hi_start, w)
+    edges = np.empty((w + 1, b), dtype=np.float64)
+    acc = np.empty((w + 1, b), dtype=np.float64)
+    wt = np.empty((k, b), dtype=np.float64) if ring else None
+    ct = np.empty((k, b), dtype=np.int64)
+    mu_t, inv_s_t, pi_t = (np.ascontiguousarray(a.T) for a in (mu, inv_s, pi))
+    norm = norm.reshape(-1)
+    for s in range(0, n, b):
+        e = min(n, s + b)
+        m = e - s
+        full = m == b
+        ed = edges if full else np.empty((w + 1, m))
+        ac = acc if full else np.empty((w + 1, m))
+        # edges of the bins: x0 - 0.5, x + 0.5 for the support x = c + offs (exact)
+        xt = (c[None, s:e] + offs[:, None]).astype(np.float64)
+        np.subtract(xt[:1], 0.5, out=ed[:1])
+        np.add(xt, 0.5, out=ed[1:])
+        ker.run(ed, mu_t[:, s:e], inv_s_t[:, s:e], pi_t[:, s:e], ac[:w])
+        tail = ac[w]
+        np.subtract(norm[s:e], _row_sums_t(ac[:w]), out=tail)
+        np.maximum(tail, 0.0, out=tail)
+        if ring:
+            q = wt if full else np.empty((k, m))
+            q[:lo_end] = ac[:lo_end]
+            q[lo_end : k - 1] = ac[hi_start:w]
+            q[k - 1] = tail
+        else:
+            q = ac
+        _quantize_t(q, out[s:e], ct if full else np.empty((k, m), dtype=np.int64))
+    return out
