@@ -33,6 +33,8 @@ work is laid out:
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 PRECISION = 24
@@ -191,8 +193,23 @@ def _quantize_t(wt: np.ndarray, out: np.ndarray, ct: np.ndarray) -> None:
     np.add(ct, 1, out=ct)
     deficit = np.add.reduce(ct, axis=0)  # integers: any order
     np.subtract(TOTAL, deficit, out=deficit)
+    # argmax (the first maximum) of each row: the largest key count * k + (k - 1 - j)
+    # (exact in int64: counts <= 2**24, k <= 2**16) is the first largest count.
+    key = np.multiply(ct, k, out=np.empty_like(ct))
+    np.add(key, _rev_index(k), out=key)
+    first = np.maximum.reduce(key, axis=0)
+    np.remainder(first, k, out=first)
+    np.subtract(k - 1, first, out=first)
+    ct[first, np.arange(b)] += deficit
     np.copyto(out, ct.T)
-    out[np.arange(b), np.argmax(out, axis=1)] += deficit
+
+
+@functools.lru_cache(maxsize=64)
+def _rev_index(k: int) -> np.ndarray:
+    """(k, 1) int64: k - 1 - j in row j."""
+    a = np.arange(k - 1, -1, -1, dtype=np.int64).reshape(k, 1)
+    a.flags.writeable = False
+    return a
 
 
 def _check_alphabet(k: int) -> None:
@@ -268,8 +285,10 @@ def uniform_counts(n: int, k: int) -> np.ndarray:
 # discretized logistic mixtures
 
 
-def _mixture_params(means, log_scales, logit_weights):
-    """(mu, inverse scales, unnormalized weights pi, sum of pi), each (N, M)/(N, 1)."""
+def mixture_params(means, log_scales, logit_weights=None):
+    """(mu, inverse scales, unnormalized weights pi, sum of pi), each (N, M)/(N, 1):
+    the form :func:`windowed_mixture_table` takes. Row-wise, so the rows of a
+    subset get the same floats as when computed for all rows at once."""
     mu = _as_f64(means)
     ls = _as_f64(log_scales)
     if mu.ndim == 1:
@@ -282,6 +301,9 @@ def _mixture_params(means, log_scales, logit_weights):
     norm = np.cumsum(pi, axis=1)[:, -1:]
     inv_s = det_exp(-np.clip(ls, -7.0, 12.0))
     return mu, inv_s, pi, norm
+
+
+_mixture_params = mixture_params
 
 
 def logistic_mixture_weights(
@@ -411,7 +433,7 @@ _EXACT = 1 << 52  # integers below this in magnitude are exact in float64
 
 def windowed_mixture_table(c, half_window: int, mu, inv_s, pi, norm, exclude: int = -1) -> np.ndarray:
     """Counts over the window ``c - hw .. c + hw`` of each row under a mixture
-    in :func:`_mixture_params` form, without the offsets ``|o| <= exclude``
+    in :func:`mixture_params` form, without the offsets ``|o| <= exclude``
     (a ring around an inner window coded before; -1: none), plus a last escape
     symbol with mass ``max(norm - sum of the whole window's masses, 0)`` (the
     sum left to right over all ``2 hw + 1`` bins, excluded ones included).

@@ -34,21 +34,15 @@ pixels are coded too (the container records the true size, the caller crops).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable
 
 import numpy as np
 import torch
 
-from amdcompress.codecs import (
-    Categorical,
-    Message,
-    Uniform,
-    det_exp,
-    quantize_weights,
-    windowed_logistic_mixture_counts,
-)
-from amdcompress.codecs.distributions import logistic_mixture_weights
+from amdcompress.codecs import Categorical, Message, Uniform, det_exp
+from amdcompress.codecs.distributions import mixture_params, windowed_mixture_table
 from amdcompress.codecs.message import CorruptStreamError
 from amdcompress.codecs.errors import AmdError
 
@@ -63,6 +57,23 @@ INNER_TAIL_BITS = 0      # inner window: the core of the mixture (measured faste
 OUTER_TAIL_BITS = 14     # the outer window leaves at most ~2**-14 to the uniform escape
 MAX_TABLE = 1 << 21      # table entries built at once (memory bound)
 PIXELS_PER_CHUNK = 1 << 17  # padded pixels per network batch (images are never split)
+
+
+@contextlib.contextmanager
+def _coding(threads: int = CODING_THREADS):
+    """:func:`coding_mode`, without torch's filling of new tensors: under
+    deterministic algorithms torch fills every uninitialized tensor with NaN
+    (so that code reading memory it never wrote is reproducible). Every tensor
+    here is written before it is read (convolution outputs, concatenations),
+    so the fill changes no number and only costs time (~10% of a pass)."""
+    det = torch.utils.deterministic
+    old = det.fill_uninitialized_memory
+    with coding_mode(threads):
+        det.fill_uninitialized_memory = False
+        try:
+            yield
+        finally:
+            det.fill_uninitialized_memory = old
 
 
 def padded_size(h: int, w: int, multiple: int) -> tuple[int, int]:
@@ -161,11 +172,18 @@ class PartCoder:
             for s in range(0, len(idx), step):
                 self.slices.append((hw, idx[s : s + step]))
         self.n = n
+        # the mixtures in table form (row-wise, so computing them once for all
+        # rows gives every slice the very floats it got when built per slice)
+        self.params = mixture_params(self.mu, self.ls, self.lg)
+
+    def _table(self, rows: np.ndarray, hw: int, exclude: int = -1):
+        mu, inv_s, pi, norm = (a[rows] for a in self.params)
+        return Categorical(windowed_mixture_table(self.centers[rows], hw, mu, inv_s, pi, norm, exclude))
 
     # -- stage tables ---------------------------------------------------------
     def _inner_codec(self, hw: int, idx: np.ndarray):
-        counts = windowed_logistic_mixture_counts(self.centers[idx], hw, self.mu[idx], self.ls[idx], self.lg[idx])
-        return Categorical(counts)
+        """The inner window and its escape: ``windowed_logistic_mixture_counts``."""
+        return self._table(idx, hw)
 
     def _outer_groups(self, h1: int, idx: np.ndarray):
         """(offsets, codec, member indices) per outer half-width, ascending."""
@@ -175,17 +193,13 @@ class PartCoder:
             sel = idx[hb == b]
             h2 = HALF_WINDOWS[b]
             step = max(1, MAX_TABLE // (2 * h2 + 2))
+            offs = np.arange(-h2, h2 + 1, dtype=np.int64)
+            keep = offs[np.abs(offs) > h1]
             for s in range(0, len(sel), step):
                 part = sel[s : s + step]
-                offs = np.arange(-h2, h2 + 1, dtype=np.int64)
-                support = (self.centers[part, None] + offs[None, :]).astype(np.float64)
-                mass = logistic_mixture_weights(support, self.mu[part], self.ls[part], self.lg[part])
-                lg = self.lg[part].astype(np.float64)
-                norm = np.cumsum(det_exp(lg - lg.max(axis=1, keepdims=True)), axis=1)[:, -1:]
-                tail = np.maximum(norm - np.cumsum(mass, axis=1)[:, -1:], 0.0)
-                keep = np.abs(offs) > h1
-                counts = quantize_weights(np.concatenate([mass[:, keep], tail], axis=1))
-                out.append((offs[keep], Categorical(counts), part))
+                # the mixture's mass on the ring h1 < |offset| <= h2, and an escape
+                # with what the whole window c +- h2 leaves of the mixture's norm
+                out.append((keep, self._table(part, h2, exclude=h1), part))
         return out
 
     # -- push / pop -------------------------------------------------------------
@@ -261,7 +275,7 @@ def encode(model: IDF, images: np.ndarray, progress: Callable | None = None,
     bar = progress(len(chunks)) if progress else None
     m = Message.empty() if checksum is None else Message.anchored(checksum)
     model.eval()
-    with coding_mode(CODING_THREADS):
+    with _coding(CODING_THREADS):
         for s, e in reversed(chunks):
             parts = model.analyse(to_input(padded[s:e]), ste=False)
             for part in reversed(parts):
@@ -311,7 +325,7 @@ def _decode(model: IDF, m: Message, shape: tuple[int, int, int, int], progress: 
     bar = progress(len(chunks)) if progress else None
     L = len(model.levels)
     model.eval()
-    with coding_mode(CODING_THREADS):
+    with _coding(CODING_THREADS):
         for s, e in chunks:
             k = e - s
             a_shape = model.top_shape(k, hp, wp)
@@ -357,7 +371,7 @@ def model_bits(model: IDF, images: np.ndarray, batch: int = 100) -> float:
     padded = pad_images(np.ascontiguousarray(images, dtype=np.uint8), model.multiple)
     total = 0.0
     model.eval()
-    with coding_mode(CODING_THREADS):
+    with _coding(CODING_THREADS):
         for s in range(0, len(padded), batch):
             for p in model.analyse(to_input(padded[s : s + batch]), ste=False):
                 lp = logistic_mixture_logp(p.z.double(), p.mu.double(), p.log_scale.double(), p.logit.double())
