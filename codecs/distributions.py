@@ -157,57 +157,93 @@ def _quantize_reference(w: np.ndarray) -> np.ndarray:
     return counts
 
 
-def _row_sums_t(wt: np.ndarray) -> np.ndarray:
-    """Sums of the columns of a transposed block (k, b), each summed top to
-    bottom: the order of ``np.cumsum(w, axis=1)[:, -1]`` on the rows of w."""
-    total = wt[0].copy()
-    for j in range(1, wt.shape[0]):
-        np.add(total, wt[j], out=total)
+# Blocks are laid out (sub-blocks, k, columns): each sub-block (k, bs) holds
+# the table of bs rows transposed, at most _BLOCK elements, for the cache; a
+# super-block stacks up to _SUPER elements of them, so that the per-column
+# work (fixed-order sums over k, the quantizer) costs one call per column
+# index for many rows at once. A last, partial super-block is padded with
+# copies of its last row (rows are independent; the copies are dropped).
+_SUPER = 1 << 19
+
+
+def _plan(k: int, n: int) -> tuple[int, int]:
+    """(columns per sub-block, sub-blocks per super-block) for n rows of k entries."""
+    bs = max(1, min(n, _BLOCK // k))
+    return bs, max(1, min(-(-n // bs), _SUPER // (k * bs)))
+
+
+def _rows_index(s0: int, m: int, count: int) -> np.ndarray:
+    """Rows s0 .. s0+m-1, then the last one repeated up to ``count`` entries."""
+    return np.minimum(np.arange(s0, s0 + count), s0 + m - 1)
+
+
+_NARROW = 384  # fewer columns than this: a sequential cumsum beats k vector additions
+
+
+def _col_sums(q: np.ndarray) -> np.ndarray:
+    """Sums over axis 1 of a (sub-blocks, k, bs) block, each summed j = 0, 1, ...
+    in order: the order of ``np.cumsum(w, axis=1)[:, -1]`` on the rows of w."""
+    if q.shape[0] * q.shape[2] < _NARROW:
+        return np.cumsum(q.transpose(0, 2, 1), axis=2)[:, :, -1]
+    total = q[:, 0].copy()
+    for j in range(1, q.shape[1]):
+        np.add(total, q[:, j], out=total)
     return total
 
 
 _FREE_TOTAL_MIN = 1e-290  # row totals below this could make free / total overflow
 
 
-def _quantize_t(wt: np.ndarray, out: np.ndarray, ct: np.ndarray) -> None:
-    """Quantize a transposed block of weights ``wt`` (k, b) (overwritten) into
-    ``out`` (b, k) int64 rows; ``ct`` is an int64 (k, b) scratch.
+def _quantize_blocks(q: np.ndarray, out: np.ndarray, total: np.ndarray | None = None,
+                     key: np.ndarray | None = None) -> None:
+    """Quantize the weights of a super-block ``q`` (sub-blocks, k, bs) (overwritten)
+    into ``out`` (m, k) int64, its first m rows (the rest are padding).
+    ``total``: the rows' sums in :func:`_col_sums` order, if the caller has them;
+    ``key``: a float64 scratch of q's shape, if the caller has one.
 
     Fast path, when every weight is finite and >= 0 and every row total is in
     [1e-290, inf): the reference's masking is then the identity (a -0.0 weight
     quantizes like +0.0), floor equals truncation, and each count is at most
     TOTAL - k (w <= total for sums of non-negative numbers, and
-    w * RN(free / total) < free + 1), so the clamp is the identity too."""
-    k, b = wt.shape
-    mn = wt.min() if wt.size else 0.0
-    if not mn >= 0.0:  # also NaN
-        out[...] = _quantize_reference(wt.T)
+    w * RN(free / total) < free + 1), so the clamp is the identity too.
+    Counts stay in float64 until the last copy: they are integers below 2**24
+    and every sum or key below is below 2**53, so all of it is exact.
+    Otherwise the block takes :func:`_quantize_reference`."""
+    ns, k, bs = q.shape
+    m = out.shape[0]
+    if not q.min() >= 0.0:  # also NaN
+        out[...] = _quantize_reference(q.transpose(0, 2, 1).reshape(ns * bs, k)[:m])
         return
-    total = _row_sums_t(wt)
+    if total is None:
+        total = _col_sums(q)
     if not (total.min() >= _FREE_TOTAL_MIN and total.max() < np.inf):
-        out[...] = _quantize_reference(wt.T)
+        out[...] = _quantize_reference(q.transpose(0, 2, 1).reshape(ns * bs, k)[:m])
         return
-    scale = np.divide(float(TOTAL - k), total, out=total)
-    np.multiply(wt, scale, out=wt)
-    np.copyto(ct, wt, casting="unsafe")  # floor: the values are >= 0
-    np.add(ct, 1, out=ct)
-    deficit = np.add.reduce(ct, axis=0)  # integers: any order
-    np.subtract(TOTAL, deficit, out=deficit)
+    scale = np.divide(float(TOTAL - k), total)
+    np.multiply(q, scale[:, None, :], out=q)
+    np.trunc(q, out=q)                   # floor: the values are >= 0
+    np.add(q, 1.0, out=q)
+    deficit = np.add.reduce(q, axis=1)   # integers: exact in any order
+    np.subtract(float(TOTAL), deficit, out=deficit)
     # argmax (the first maximum) of each row: the largest key count * k + (k - 1 - j)
-    # (exact in int64: counts <= 2**24, k <= 2**16) is the first largest count.
-    key = np.multiply(ct, k, out=np.empty_like(ct))
+    # (< 2**41) is the first largest count.
+    key = np.multiply(q, float(k), out=key)
     np.add(key, _rev_index(k), out=key)
-    first = np.maximum.reduce(key, axis=0)
-    np.remainder(first, k, out=first)
-    np.subtract(k - 1, first, out=first)
-    ct[first, np.arange(b)] += deficit
-    np.copyto(out, ct.T)
+    first = np.maximum.reduce(key, axis=1)
+    np.remainder(first, float(k), out=first)
+    np.subtract(float(k - 1), first, out=first)
+    nf = m // bs  # whole sub-blocks, then the rows of a partial one
+    np.copyto(out[: nf * bs].reshape(nf, bs, k).transpose(0, 2, 1), q[:nf], casting="unsafe")
+    if m > nf * bs:
+        np.copyto(out[nf * bs :], q[nf, :, : m - nf * bs].T, casting="unsafe")
+    rows = np.arange(m)
+    out[rows, first.reshape(-1)[:m].astype(np.intp)] += deficit.reshape(-1)[:m].astype(np.int64)
 
 
 @functools.lru_cache(maxsize=64)
 def _rev_index(k: int) -> np.ndarray:
-    """(k, 1) int64: k - 1 - j in row j."""
-    a = np.arange(k - 1, -1, -1, dtype=np.int64).reshape(k, 1)
+    """(k, 1) float64: k - 1 - j in row j."""
+    a = np.arange(k - 1, -1, -1, dtype=np.float64).reshape(k, 1)
     a.flags.writeable = False
     return a
 
@@ -217,8 +253,10 @@ def _check_alphabet(k: int) -> None:
         raise ValueError(f"alphabet size {k} outside 1..{MAX_ALPHABET}")
 
 
-def _rows_per_block(k: int, n: int) -> int:
-    return max(1, min(n, _BLOCK // k if k < _BLOCK else 1))
+def _gather_t(x: np.ndarray, idx: np.ndarray, ns: int, bs: int, out: np.ndarray) -> np.ndarray:
+    """out (ns, k, bs) float64 <- rows idx of x (N, k), transposed per sub-block."""
+    np.copyto(out, x[idx].reshape(ns, bs, x.shape[1]).transpose(0, 2, 1))
+    return out
 
 
 def quantize_weights(weights: np.ndarray) -> np.ndarray:
@@ -235,14 +273,12 @@ def quantize_weights(weights: np.ndarray) -> np.ndarray:
     out = np.empty((n, k), dtype=np.int64)
     if n == 0:
         return out
-    b = _rows_per_block(k, n)
-    wt = np.empty((k, b), dtype=np.float64)
-    ct = np.empty((k, b), dtype=np.int64)
-    for s in range(0, n, b):
-        e = min(n, s + b)
-        m = e - s
-        np.copyto(wt[:, :m], w[s:e].T)
-        _quantize_t(wt[:, :m], out[s:e], ct[:, :m])
+    bs, ns = _plan(k, n)
+    for s0 in range(0, n, ns * bs):
+        m = min(n - s0, ns * bs)
+        nsb = -(-m // bs)
+        q = _gather_t(w, _rows_index(s0, m, nsb * bs), nsb, bs, np.empty((nsb, k, bs)))
+        _quantize_blocks(q, out[s0 : s0 + m])
     return out
 
 
@@ -261,18 +297,17 @@ def categorical_from_logits(logits: np.ndarray) -> np.ndarray:
     out = np.empty((n, k), dtype=np.int64)
     if n == 0:
         return out
-    b = _rows_per_block(k, n)
-    zt = np.empty((k, b), dtype=np.float64)
-    ct = np.empty((k, b), dtype=np.int64)
-    sc = _Scratch(k * b)
-    for s in range(0, n, b):
-        e = min(n, s + b)
-        m = e - s
-        z = zt[:, :m] if m == b else np.empty((k, m), dtype=np.float64)
-        np.copyto(z, x[s:e].T)                       # float32 -> float64, exact
-        np.subtract(z, np.maximum.reduce(z, axis=0), out=z)  # a max is order-free
-        _exp_inplace(z.reshape(-1), sc)
-        _quantize_t(z, out[s:e], ct[:, :m])
+    bs, ns = _plan(k, n)
+    sc = _Scratch(_BLOCK)
+    for s0 in range(0, n, ns * bs):
+        m = min(n - s0, ns * bs)
+        nsb = -(-m // bs)
+        z = _gather_t(x, _rows_index(s0, m, nsb * bs), nsb, bs, np.empty((nsb, k, bs)))  # float32 -> 64, exact
+        np.subtract(z, np.maximum.reduce(z, axis=1)[:, None, :], out=z)  # a max is order-free
+        flat = z.reshape(-1)
+        for e0 in range(0, flat.shape[0], _BLOCK):
+            _exp_inplace(flat[e0 : e0 + _BLOCK], sc)
+        _quantize_blocks(z, out[s0 : s0 + m])
     return out
 
 
@@ -344,36 +379,45 @@ def _mixture_mass_scattered(x, mu, inv_s, pi, lo=None, hi=None):
 class _MassKernel:
     """Mixture mass of consecutive bins on transposed blocks: edges (W+1, b)
     -> masses (W, b) accumulated over the components in order 0..M-1, with
-    per-row parameters (M, b). Scratch buffers are sized once per table."""
+    per-row parameters (M, b). Components are evaluated a group at a time
+    (as many as fit in a block: all of them for small tables, where the
+    number of numpy calls, not the arithmetic, is the cost); the masses are
+    still added to the accumulator one component after the other, 0..M-1."""
 
-    def __init__(self, width: int, rows: int):
-        self.cdf = np.empty((width + 1, rows), dtype=np.float64)
-        self.mass = np.empty((width, rows), dtype=np.float64)
-        self.sc = _Scratch((width + 1) * rows)
+    def __init__(self, width: int, rows: int, components: int):
+        self.g = max(1, min(components, _BLOCK // ((width + 1) * rows)))
+        self.cdf = np.empty((self.g, width + 1, rows), dtype=np.float64)
+        self.mass = np.empty((self.g, width, rows), dtype=np.float64)
+        self.sc = _Scratch(self.cdf.size)
 
     def run(self, edges, mu_t, inv_s_t, pi_t, acc, lo_mask=None, hi_mask=None):
         """acc (W, b) <- sum_j pi_j * max(sigma((e_{i+1} - mu_j) s_j) - sigma((e_i - mu_j) s_j), 0),
         with the reference's folding: a bin in ``hi_mask`` has upper CDF 1, one in
         ``lo_mask`` lower CDF 0 (masks (W, b) bool or None)."""
         w1, b = edges.shape
-        cdf = self.cdf[:, :b] if b == self.cdf.shape[1] else np.empty((w1, b))
-        mass = self.mass[:, :b] if b == self.mass.shape[1] else np.empty((w1 - 1, b))
-        flat = cdf.reshape(-1)
-        for j in range(mu_t.shape[0]):
-            np.subtract(mu_t[j], edges, out=cdf)           # -(e - mu) exactly
-            np.multiply(cdf, inv_s_t[j], out=cdf)           # -((e - mu) * s) exactly
-            _sigmoid_of_neg_inplace(flat, self.sc)          # sigma((e - mu) * s)
-            np.subtract(cdf[1:], cdf[:-1], out=mass)
+        m = mu_t.shape[0]
+        full = b == self.cdf.shape[2]
+        for j0 in range(0, m, self.g):
+            g = min(self.g, m - j0)
+            cdf = self.cdf[:g] if full else np.empty((g, w1, b))
+            mass = self.mass[:g] if full else np.empty((g, w1 - 1, b))
+            sl = slice(j0, j0 + g)
+            np.subtract(mu_t[sl, None, :], edges, out=cdf)      # -(e - mu) exactly
+            np.multiply(cdf, inv_s_t[sl, None, :], out=cdf)     # -((e - mu) * s) exactly
+            _sigmoid_of_neg_inplace(cdf.reshape(-1), self.sc)   # sigma((e - mu) * s)
             if hi_mask is not None or lo_mask is not None:
-                upper = cdf[1:] if hi_mask is None else np.where(hi_mask, 1.0, cdf[1:])
-                lower = cdf[:-1] if lo_mask is None else np.where(lo_mask, 0.0, cdf[:-1])
+                upper = cdf[:, 1:] if hi_mask is None else np.where(hi_mask, 1.0, cdf[:, 1:])
+                lower = cdf[:, :-1] if lo_mask is None else np.where(lo_mask, 0.0, cdf[:, :-1])
                 np.subtract(upper, lower, out=mass)
-            np.maximum(mass, 0.0, out=mass)
-            np.multiply(mass, pi_t[j], out=mass)
-            if j == 0:
-                np.add(mass, 0.0, out=acc)                  # 0.0 + mass, as from zeros
             else:
-                np.add(acc, mass, out=acc)
+                np.subtract(cdf[:, 1:], cdf[:, :-1], out=mass)
+            np.maximum(mass, 0.0, out=mass)
+            np.multiply(mass, pi_t[sl, None, :], out=mass)
+            for jj in range(g):                                 # components in order
+                if j0 + jj == 0:
+                    np.add(mass[0], 0.0, out=acc)               # 0.0 + mass, as from zeros
+                else:
+                    np.add(acc, mass[jj], out=acc)
 
 
 def _consecutive(x: np.ndarray) -> bool:
@@ -389,8 +433,8 @@ def _mixture_mass(x, mu, inv_s, pi, lo=None, hi=None):
     out = np.empty((n, w), dtype=np.float64)
     if n == 0:
         return out
-    b = _rows_per_block(w + 1, n)
-    ker = _MassKernel(w, b)
+    b, _ = _plan(w + 1, n)
+    ker = _MassKernel(w, b, mu.shape[1])
     edges = np.empty((w + 1, b), dtype=np.float64)
     acc = np.empty((w, b), dtype=np.float64)
     mu_t, inv_s_t, pi_t = (np.ascontiguousarray(a.T) for a in (mu, inv_s, pi))
@@ -428,6 +472,15 @@ def windowed_logistic_mixture_counts(
     return windowed_mixture_table(c, half_window, mu, inv_s, pi, norm)
 
 
+def _padded_t(a: np.ndarray, npad: int) -> np.ndarray:
+    """a (n, M) -> (M, npad) contiguous: a.T, then copies of its last column."""
+    n, mm = a.shape
+    t = np.empty((mm, npad), dtype=np.float64)
+    t[:, :n] = a.T
+    t[:, n:] = a[n - 1 :].T
+    return t
+
+
 _EXACT = 1 << 52  # integers below this in magnitude are exact in float64
 
 
@@ -450,7 +503,7 @@ def windowed_mixture_table(c, half_window: int, mu, inv_s, pi, norm, exclude: in
     keep = np.abs(offs) > ex
     k = int(keep.sum()) + 1
     norm = np.asarray(norm, dtype=np.float64).reshape(-1, 1)
-    exact = n > 0 and w > 1 and int(np.abs(c).max()) + hw < _EXACT
+    exact = n > 0 and w > 1 and int(c.max()) + hw < _EXACT and int(c.min()) - hw > -_EXACT
     if not exact:  # bins not provably consecutive floats: the definition, verbatim
         support = (c[:, None] + offs[None, :]).astype(np.float64)
         m = _mixture_mass(support, mu, inv_s, pi)
@@ -458,36 +511,44 @@ def windowed_mixture_table(c, half_window: int, mu, inv_s, pi, norm, exclude: in
         return quantize_weights(np.concatenate([m[:, keep], tail], axis=1))
     _check_alphabet(k)
     out = np.empty((n, k), dtype=np.int64)
-    b = _rows_per_block(w + 1, n)
-    ker = _MassKernel(w, b)
+    bs, ns = _plan(w + 1, n)
+    ker = _MassKernel(w, bs, mu.shape[1])
     ring = ex >= 0
     lo_end, hi_start = hw - ex, hw + ex + 1        # ring: bins [0, lo_end) and [hi_start, w)
-    edges = np.empty((w + 1, b), dtype=np.float64)
-    acc = np.empty((w + 1, b), dtype=np.float64)
-    wt = np.empty((k, b), dtype=np.float64) if ring else None
-    ct = np.empty((k, b), dtype=np.int64)
-    mu_t, inv_s_t, pi_t = (np.ascontiguousarray(a.T) for a in (mu, inv_s, pi))
-    norm = norm.reshape(-1)
-    for s in range(0, n, b):
-        e = min(n, s + b)
-        m = e - s
-        full = m == b
-        ed = edges if full else np.empty((w + 1, m))
-        ac = acc if full else np.empty((w + 1, m))
-        # edges of the bins: x0 - 0.5, x + 0.5 for the support x = c + offs (exact)
-        xt = (c[None, s:e] + offs[:, None]).astype(np.float64)
-        np.subtract(xt[:1], 0.5, out=ed[:1])
-        np.add(xt, 0.5, out=ed[1:])
-        ker.run(ed, mu_t[:, s:e], inv_s_t[:, s:e], pi_t[:, s:e], ac[:w])
-        tail = ac[w]
-        np.subtract(norm[s:e], _row_sums_t(ac[:w]), out=tail)
+    edges = np.empty((w + 1, bs), dtype=np.float64)
+    # per-row parameters transposed, padded to whole sub-blocks with copies of the last row
+    npad = -(-n // bs) * bs
+    pad = _rows_index(0, n, npad)
+    mu_t, inv_s_t, pi_t = (_padded_t(a, npad) for a in (mu, inv_s, pi))
+    norm, cp = norm.reshape(-1)[pad], c[pad]
+    acc = key = None
+    for s0 in range(0, n, ns * bs):
+        m = min(n - s0, ns * bs)
+        nsb = -(-m // bs)
+        cols = slice(s0, s0 + nsb * bs)
+        cg = cp[cols].reshape(nsb, bs)
+        mug, sg, pig = (a[:, cols].reshape(a.shape[0], nsb, bs) for a in (mu_t, inv_s_t, pi_t))
+        if acc is None or acc.shape[0] != nsb:
+            acc = np.empty((nsb, w + 1, bs), dtype=np.float64)   # the window's bins, then the escape
+            key = np.empty((nsb, k, bs), dtype=np.float64)
+        for i in range(nsb):
+            # edges of the bins: x0 - 0.5, x + 0.5 for the support x = c + offs (exact)
+            xt = (cg[i][None, :] + offs[:, None]).astype(np.float64)
+            np.subtract(xt[:1], 0.5, out=edges[:1])
+            np.add(xt, 0.5, out=edges[1:])
+            ker.run(edges, mug[:, i], sg[:, i], pig[:, i], acc[i, :w])
+        window = _col_sums(acc[:, :w])                      # left to right over the whole window
+        tail = acc[:, w]
+        np.subtract(norm[cols].reshape(nsb, bs), window, out=tail)
         np.maximum(tail, 0.0, out=tail)
         if ring:
-            q = wt if full else np.empty((k, m))
-            q[:lo_end] = ac[:lo_end]
-            q[lo_end : k - 1] = ac[hi_start:w]
-            q[k - 1] = tail
+            q = np.empty((nsb, k, bs), dtype=np.float64)
+            q[:, :lo_end] = acc[:, :lo_end]
+            q[:, lo_end : k - 1] = acc[:, hi_start:w]
+            q[:, k - 1] = tail
+            _quantize_blocks(q, out[s0 : s0 + m], key=key)
         else:
-            q = ac
-        _quantize_t(q, out[s:e], ct if full else np.empty((k, m), dtype=np.int64))
+            # the quantizer's row total sums the same columns in the same order: the
+            # window's sum, then the escape
+            _quantize_blocks(acc, out[s0 : s0 + m], np.add(window, tail, out=window), key=key)
     return out

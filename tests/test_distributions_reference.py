@@ -242,10 +242,12 @@ def test_windowed_and_ring_bits(hw):
                 continue
             same(D.windowed_mixture_table(centers, hw, *p, exclude=ex), ref_windowed(centers, hw, mu, ls, lw, ex))
     with np.errstate(all="ignore"):
-        bad = np.full((4, 2), np.nan, dtype=np.float32)
-        c = np.array([0, 5, -(2**62), 2**62])
+        bad = np.full((7, 2), np.nan, dtype=np.float32)
+        c = np.array([0, 5, -(2**62), 2**62, -(2**63), 2**52 - hw - 1, 2**52 - hw])
         same(D.windowed_logistic_mixture_counts(c, hw, bad, bad, bad), ref_windowed(c, hw, bad, bad, bad))
-        same(D.windowed_logistic_mixture_counts(c, hw, np.zeros((4, 2)), np.zeros((4, 2))),
-             ref_windowed(c, hw, np.zeros((4, 2)), np.zeros((4, 2))))
+        same(D.windowed_logistic_mixture_counts(c, hw, np.zeros((7, 2)), np.zeros((7, 2))),
+             ref_windowed(c, hw, np.zeros((7, 2)), np.zeros((7, 2))))
+        same(D.windowed_logistic_mixture_counts(c[-2:], hw, np.full((2, 2), 2.0**52), np.zeros((2, 2))),
+             ref_windowed(c[-2:], hw, np.full((2, 2), 2.0**52), np.zeros((2, 2))))
     same(D.windowed_logistic_mixture_counts(np.zeros(0, np.int64), hw, np.zeros((0, 2)), np.zeros((0, 2))),
          ref_windowed(np.zeros(0, np.int64), hw, np.zeros((0, 2)), np.zeros((0, 2))))
