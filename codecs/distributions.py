@@ -472,15 +472,6 @@ def windowed_logistic_mixture_counts(
     return windowed_mixture_table(c, half_window, mu, inv_s, pi, norm)
 
 
-def _padded_t(a: np.ndarray, npad: int) -> np.ndarray:
-    """a (n, M) -> (M, npad) contiguous: a.T, then copies of its last column."""
-    n, mm = a.shape
-    t = np.empty((mm, npad), dtype=np.float64)
-    t[:, :n] = a.T
-    t[:, n:] = a[n - 1 :].T
-    return t
-
-
 _EXACT = 1 << 52  # integers below this in magnitude are exact in float64
 
 
@@ -494,61 +485,77 @@ def windowed_mixture_table(c, half_window: int, mu, inv_s, pi, norm, exclude: in
     ``exclude = -1`` is :func:`windowed_logistic_mixture_counts`; a ring is the
     outer table of :class:`amdcompress.models.idf.coding.PartCoder`, built
     without its masses ever leaving the transposed blocks."""
-    hw = int(half_window)
-    c = np.asarray(c, dtype=np.int64).reshape(-1)
-    n = c.shape[0]
-    w = 2 * hw + 1
-    offs = np.arange(-hw, hw + 1, dtype=np.int64)
-    ex = min(int(exclude), hw)
-    keep = np.abs(offs) > ex
-    k = int(keep.sum()) + 1
-    norm = np.asarray(norm, dtype=np.float64).reshape(-1, 1)
-    exact = n > 0 and w > 1 and int(c.max()) + hw < _EXACT and int(c.min()) - hw > -_EXACT
-    if not exact:  # bins not provably consecutive floats: the definition, verbatim
-        support = (c[:, None] + offs[None, :]).astype(np.float64)
-        m = _mixture_mass(support, mu, inv_s, pi)
-        tail = np.maximum(norm - np.cumsum(m, axis=1)[:, -1:], 0.0)
-        return quantize_weights(np.concatenate([m[:, keep], tail], axis=1))
-    _check_alphabet(k)
-    out = np.empty((n, k), dtype=np.int64)
-    bs, ns = _plan(w + 1, n)
-    ker = _MassKernel(w, bs, mu.shape[1])
-    ring = ex >= 0
-    lo_end, hi_start = hw - ex, hw + ex + 1        # ring: bins [0, lo_end) and [hi_start, w)
-    edges = np.empty((w + 1, bs), dtype=np.float64)
-    # per-row parameters transposed, padded to whole sub-blocks with copies of the last row
-    npad = -(-n // bs) * bs
-    pad = _rows_index(0, n, npad)
-    mu_t, inv_s_t, pi_t = (_padded_t(a, npad) for a in (mu, inv_s, pi))
-    norm, cp = norm.reshape(-1)[pad], c[pad]
-    acc = key = None
-    for s0 in range(0, n, ns * bs):
-        m = min(n - s0, ns * bs)
-        nsb = -(-m // bs)
-        cols = slice(s0, s0 + nsb * bs)
-        cg = cp[cols].reshape(nsb, bs)
-        mug, sg, pig = (a[:, cols].reshape(a.shape[0], nsb, bs) for a in (mu_t, inv_s_t, pi_t))
-        if acc is None or acc.shape[0] != nsb:
-            acc = np.empty((nsb, w + 1, bs), dtype=np.float64)   # the window's bins, then the escape
-            key = np.empty((nsb, k, bs), dtype=np.float64)
-        for i in range(nsb):
-            # edges of the bins: x0 - 0.5, x + 0.5 for the support x = c + offs (exact)
-            xt = (cg[i][None, :] + offs[:, None]).astype(np.float64)
-            np.subtract(xt[:1], 0.5, out=edges[:1])
-            np.add(xt, 0.5, out=edges[1:])
-            ker.run(edges, mug[:, i], sg[:, i], pig[:, i], acc[i, :w])
-        window = _col_sums(acc[:, :w])                      # left to right over the whole window
-        tail = acc[:, w]
-        np.subtract(norm[cols].reshape(nsb, bs), window, out=tail)
-        np.maximum(tail, 0.0, out=tail)
-        if ring:
-            q = np.empty((nsb, k, bs), dtype=np.float64)
-            q[:, :lo_end] = acc[:, :lo_end]
-            q[:, lo_end : k - 1] = acc[:, hi_start:w]
-            q[:, k - 1] = tail
-            _quantize_blocks(q, out[s0 : s0 + m], key=key)
-        else:
-            # the quantizer's row total sums the same columns in the same order: the
-            # window's sum, then the escape
-            _quantize_blocks(acc, out[s0 : s0 + m], np.add(window, tail, out=window), key=key)
-    return out
+    return MixtureRows(c, mu, inv_s, pi, norm).table(half_window, exclude)
+
+
+class MixtureRows:
+    """Windowed tables of many mixtures (one per row), on subsets of the rows:
+    the parameters (:func:`mixture_params` form, (N, M)) are transposed once,
+    and each table gathers its rows' columns straight into its blocks."""
+
+    def __init__(self, centers, mu, inv_s, pi, norm):
+        self.c = np.asarray(centers, dtype=np.int64).reshape(-1)
+        self.mu_t, self.inv_s_t, self.pi_t = (np.ascontiguousarray(np.asarray(a, dtype=np.float64).T)
+                                              for a in (mu, inv_s, pi))
+        self.norm = np.asarray(norm, dtype=np.float64).reshape(-1)
+
+    def table(self, half_window: int, exclude: int = -1, rows: np.ndarray | None = None) -> np.ndarray:
+        """:func:`windowed_mixture_table` of the rows ``rows`` (all if None)."""
+        hw = int(half_window)
+        rows = np.arange(self.c.shape[0]) if rows is None else np.asarray(rows, dtype=np.intp).reshape(-1)
+        c = self.c[rows]
+        n = c.shape[0]
+        w = 2 * hw + 1
+        offs = np.arange(-hw, hw + 1, dtype=np.int64)
+        ex = min(int(exclude), hw)
+        keep = np.abs(offs) > ex
+        k = int(keep.sum()) + 1
+        exact = n > 0 and w > 1 and int(c.max()) + hw < _EXACT and int(c.min()) - hw > -_EXACT
+        if not exact:  # bins not provably consecutive floats: the definition, verbatim
+            mu, inv_s, pi = (a[:, rows].T for a in (self.mu_t, self.inv_s_t, self.pi_t))
+            support = (c[:, None] + offs[None, :]).astype(np.float64)
+            m = _mixture_mass(support, mu, inv_s, pi)
+            tail = np.maximum(self.norm[rows][:, None] - np.cumsum(m, axis=1)[:, -1:], 0.0)
+            return quantize_weights(np.concatenate([m[:, keep], tail], axis=1))
+        _check_alphabet(k)
+        out = np.empty((n, k), dtype=np.int64)
+        bs, ns = _plan(w + 1, n)
+        ker = _MassKernel(w, bs, self.mu_t.shape[0])
+        ring = ex >= 0
+        lo_end, hi_start = hw - ex, hw + ex + 1        # ring: bins [0, lo_end) and [hi_start, w)
+        edges = np.empty((w + 1, bs), dtype=np.float64)
+        # the rows' parameters, padded to whole sub-blocks with copies of the last row
+        pad = rows[_rows_index(0, n, -(-n // bs) * bs)]
+        mu_t, inv_s_t, pi_t = (np.take(a, pad, axis=1) for a in (self.mu_t, self.inv_s_t, self.pi_t))
+        norm, cp = self.norm[pad], self.c[pad]
+        acc = key = None
+        for s0 in range(0, n, ns * bs):
+            m = min(n - s0, ns * bs)
+            nsb = -(-m // bs)
+            cols = slice(s0, s0 + nsb * bs)
+            cg = cp[cols].reshape(nsb, bs)
+            mug, sg, pig = (a[:, cols].reshape(a.shape[0], nsb, bs) for a in (mu_t, inv_s_t, pi_t))
+            if acc is None or acc.shape[0] != nsb:
+                acc = np.empty((nsb, w + 1, bs), dtype=np.float64)   # the window's bins, then the escape
+                key = np.empty((nsb, k, bs), dtype=np.float64)
+            for i in range(nsb):
+                # edges of the bins: x0 - 0.5, x + 0.5 for the support x = c + offs (exact)
+                xt = (cg[i][None, :] + offs[:, None]).astype(np.float64)
+                np.subtract(xt[:1], 0.5, out=edges[:1])
+                np.add(xt, 0.5, out=edges[1:])
+                ker.run(edges, mug[:, i], sg[:, i], pig[:, i], acc[i, :w])
+            window = _col_sums(acc[:, :w])                      # left to right over the whole window
+            tail = acc[:, w]
+            np.subtract(norm[cols].reshape(nsb, bs), window, out=tail)
+            np.maximum(tail, 0.0, out=tail)
+            if ring:
+                q = np.empty((nsb, k, bs), dtype=np.float64)
+                q[:, :lo_end] = acc[:, :lo_end]
+                q[:, lo_end : k - 1] = acc[:, hi_start:w]
+                q[:, k - 1] = tail
+                _quantize_blocks(q, out[s0 : s0 + m], key=key)
+            else:
+                # the quantizer's row total sums the same columns in the same order: the
+                # window's sum, then the escape
+                _quantize_blocks(acc, out[s0 : s0 + m], np.add(window, tail, out=window), key=key)
+        return out

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from amdcompress.codecs import Categorical, Message, Uniform, det_exp
-from amdcompress.codecs.distributions import mixture_params, windowed_mixture_table
+from amdcompress.codecs.distributions import MixtureRows, mixture_params
 from amdcompress.codecs.message import CorruptStreamError
 from amdcompress.codecs.errors import AmdError
 
@@ -100,11 +100,29 @@ def image_chunks(n: int, hp: int, wp: int) -> list[tuple[int, int]]:
 
 
 def _grid(t: torch.Tensor, lo: float | None = None, hi: float | None = None) -> np.ndarray:
-    a = t.detach().to("cpu", torch.float64).reshape(-1, t.shape[-1]).numpy()
-    a = np.round(a * (1 << GRID_BITS)) / (1 << GRID_BITS)
+    """Parameters (..., K) -> float32 (rows, K) on the grid: in float64,
+    round(a * 2**GRID_BITS) / 2**GRID_BITS, clipped to [lo, hi]. Read straight
+    from the (permuted, strided) tensor into one float64 buffer; dividing by a
+    power of two is multiplying by its inverse, bit for bit."""
+    src = t.detach()
+    if src.device.type != "cpu":
+        src = src.cpu()
+    a = np.empty(tuple(src.shape), dtype=np.float64)
+    np.multiply(src.numpy(), float(1 << GRID_BITS), out=a, dtype=np.float64)
+    np.round(a, out=a)
+    np.multiply(a, 1.0 / (1 << GRID_BITS), out=a)
     if lo is not None:
-        a = np.clip(a, lo, hi)
-    return np.ascontiguousarray(a.astype(np.float32))
+        np.clip(a, lo, hi, out=a)
+    return a.reshape(-1, src.shape[-1]).astype(np.float32)
+
+
+def _rowmax(a: np.ndarray) -> np.ndarray:
+    """a.max(axis=1) for a few columns, as column-wise maxima (a maximum is
+    order-free)."""
+    m = a[:, 0].copy()
+    for j in range(1, a.shape[1]):
+        np.maximum(m, a[:, j], out=m)
+    return m
 
 
 def _tail_log(bits: int) -> float:
@@ -119,11 +137,20 @@ def _half_window_needed(mu, ls, rel_logit, centers, tail_log: float) -> np.ndarr
     center) has mass < 2 w_k exp(-(h + 1/2 - d_k) / s_k) beyond h, so
     h_k = d_k + s_k (ln(2K/eps) + ln w_k) suffices. Only +, -, * and det_exp:
     bit-identical on every machine."""
+    return _half_windows_needed(mu, ls, rel_logit, centers, (tail_log,))[0]
+
+
+def _half_windows_needed(mu, ls, rel_logit, centers, tail_logs) -> list[np.ndarray]:
+    """:func:`_half_window_needed` for several tail bounds, sharing d and s."""
     d = np.abs(mu.astype(np.float64) - centers[:, None])
     s = det_exp(ls.astype(np.float64))
-    margin = tail_log + rel_logit.astype(np.float64)
-    need = np.where(margin > 0.0, d + s * margin, 0.0)
-    return need.max(axis=1)
+    rel = rel_logit.astype(np.float64)
+    out = []
+    for tail_log in tail_logs:
+        margin = tail_log + rel
+        need = np.where(margin > 0.0, d + s * margin, 0.0)
+        out.append(_rowmax(need))
+    return out
 
 
 def _ladder(need: np.ndarray) -> np.ndarray:
@@ -158,13 +185,13 @@ class PartCoder:
         self.lg = _grid(logit, -1e4, 1e4)
         n = self.mu.shape[0]
         rows = np.arange(n)
-        rel = self.lg - self.lg.max(axis=1, keepdims=True)
+        rel = self.lg - _rowmax(self.lg)[:, None]  # float32, as the format has it
         dom = np.argmax(self.lg, axis=1)
         self.centers = np.clip(np.round(self.mu[rows, dom].astype(np.float64)), LO, HI).astype(np.int64)
-        inner = _ladder(_half_window_needed(self.mu, self.ls, rel, self.centers, _tail_log(INNER_TAIL_BITS)))
-        self.inner = np.minimum(inner, len(HALF_WINDOWS) - 2)  # an outer ring always exists
-        outer = _ladder(_half_window_needed(self.mu, self.ls, rel, self.centers, _tail_log(OUTER_TAIL_BITS)))
-        self.outer = np.maximum(outer, self.inner + 1)
+        need_in, need_out = _half_windows_needed(self.mu, self.ls, rel, self.centers,
+                                                 (_tail_log(INNER_TAIL_BITS), _tail_log(OUTER_TAIL_BITS)))
+        self.inner = np.minimum(_ladder(need_in), len(HALF_WINDOWS) - 2)  # an outer ring always exists
+        self.outer = np.maximum(_ladder(need_out), self.inner + 1)
         self.slices: list[tuple[int, np.ndarray]] = []
         for b, hw in enumerate(HALF_WINDOWS):
             idx = np.flatnonzero(self.inner == b)
@@ -174,11 +201,10 @@ class PartCoder:
         self.n = n
         # the mixtures in table form (row-wise, so computing them once for all
         # rows gives every slice the very floats it got when built per slice)
-        self.params = mixture_params(self.mu, self.ls, self.lg)
+        self.mix = MixtureRows(self.centers, *mixture_params(self.mu, self.ls, self.lg))
 
     def _table(self, rows: np.ndarray, hw: int, exclude: int = -1):
-        mu, inv_s, pi, norm = (a[rows] for a in self.params)
-        return Categorical(windowed_mixture_table(self.centers[rows], hw, mu, inv_s, pi, norm, exclude))
+        return Categorical(self.mix.table(hw, exclude, rows))
 
     # -- stage tables ---------------------------------------------------------
     def _inner_codec(self, hw: int, idx: np.ndarray):
