@@ -472,6 +472,14 @@ def windowed_logistic_mixture_counts(
     return windowed_mixture_table(c, half_window, mu, inv_s, pi, norm)
 
 
+@functools.lru_cache(maxsize=256)
+def _edge_offsets(hw: int) -> np.ndarray:
+    """(2 hw + 2, 1) int64: -hw .. hw + 1."""
+    a = np.arange(-hw, hw + 2, dtype=np.int64).reshape(-1, 1)
+    a.flags.writeable = False
+    return a
+
+
 _EXACT = 1 << 52  # integers below this in magnitude are exact in float64
 
 
@@ -506,12 +514,12 @@ class MixtureRows:
         c = self.c[rows]
         n = c.shape[0]
         w = 2 * hw + 1
-        offs = np.arange(-hw, hw + 1, dtype=np.int64)
         ex = min(int(exclude), hw)
-        keep = np.abs(offs) > ex
-        k = int(keep.sum()) + 1
+        k = w + 1 if ex < 0 else w - 2 * ex
         exact = n > 0 and w > 1 and int(c.max()) + hw < _EXACT and int(c.min()) - hw > -_EXACT
         if not exact:  # bins not provably consecutive floats: the definition, verbatim
+            offs = np.arange(-hw, hw + 1, dtype=np.int64)
+            keep = np.abs(offs) > ex
             mu, inv_s, pi = (a[:, rows].T for a in (self.mu_t, self.inv_s_t, self.pi_t))
             support = (c[:, None] + offs[None, :]).astype(np.float64)
             m = _mixture_mass(support, mu, inv_s, pi)
@@ -524,8 +532,10 @@ class MixtureRows:
         ring = ex >= 0
         lo_end, hi_start = hw - ex, hw + ex + 1        # ring: bins [0, lo_end) and [hi_start, w)
         edges = np.empty((w + 1, bs), dtype=np.float64)
+        offs_e = _edge_offsets(hw)
         # the rows' parameters, padded to whole sub-blocks with copies of the last row
-        pad = rows[_rows_index(0, n, -(-n // bs) * bs)]
+        npad = -(-n // bs) * bs
+        pad = rows if npad == n else rows[_rows_index(0, n, npad)]
         mu_t, inv_s_t, pi_t = (np.take(a, pad, axis=1) for a in (self.mu_t, self.inv_s_t, self.pi_t))
         norm, cp = self.norm[pad], self.c[pad]
         acc = key = None
@@ -539,10 +549,10 @@ class MixtureRows:
                 acc = np.empty((nsb, w + 1, bs), dtype=np.float64)   # the window's bins, then the escape
                 key = np.empty((nsb, k, bs), dtype=np.float64)
             for i in range(nsb):
-                # edges of the bins: x0 - 0.5, x + 0.5 for the support x = c + offs (exact)
-                xt = (cg[i][None, :] + offs[:, None]).astype(np.float64)
-                np.subtract(xt[:1], 0.5, out=edges[:1])
-                np.add(xt, 0.5, out=edges[1:])
+                # edges of the bins of the support x = c + offs: x0 - 0.5, x + 0.5, that is
+                # (c + j) - 0.5 for j = -hw .. hw + 1 (every value exact: |c| + hw < 2**52)
+                np.add(cg[i][None, :], offs_e, out=edges, casting="unsafe")
+                np.subtract(edges, 0.5, out=edges)
                 ker.run(edges, mug[:, i], sg[:, i], pig[:, i], acc[i, :w])
             window = _col_sums(acc[:, :w])                      # left to right over the whole window
             tail = acc[:, w]
