@@ -195,28 +195,30 @@ _FREE_TOTAL_MIN = 1e-290  # row totals below this could make free / total overfl
 
 
 def _quantize_blocks(q: np.ndarray, out: np.ndarray, total: np.ndarray | None = None,
-                     key: np.ndarray | None = None) -> None:
+                     nonneg: bool = False) -> None:
     """Quantize the weights of a super-block ``q`` (sub-blocks, k, bs) (overwritten)
     into ``out`` (m, k) int64, its first m rows (the rest are padding).
-    ``total``: the rows' sums in :func:`_col_sums` order, if the caller has them;
-    ``key``: a float64 scratch of q's shape, if the caller has one.
+    ``total``: the rows' sums in :func:`_col_sums` order, if the caller has them.
+    ``nonneg``: the caller guarantees every weight is >= 0 or NaN, and that a
+    NaN anywhere in a row makes that row's total NaN.
 
     Fast path, when every weight is finite and >= 0 and every row total is in
     [1e-290, inf): the reference's masking is then the identity (a -0.0 weight
     quantizes like +0.0), floor equals truncation, and each count is at most
     TOTAL - k (w <= total for sums of non-negative numbers, and
     w * RN(free / total) < free + 1), so the clamp is the identity too.
-    Counts stay in float64 until the last copy: they are integers below 2**24
-    and every sum or key below is below 2**53, so all of it is exact.
+    Counts stay in float64 until one casting copy: they are integers below
+    2**24 and their row sums stay below 2**53, so all of it is exact. The
+    first largest count of a row gets the deficit, as ``np.argmax`` picks it.
     Otherwise the block takes :func:`_quantize_reference`."""
     ns, k, bs = q.shape
     m = out.shape[0]
-    if not q.min() >= 0.0:  # also NaN
+    if not (nonneg or q.min() >= 0.0):  # also NaN
         out[...] = _quantize_reference(q.transpose(0, 2, 1).reshape(ns * bs, k)[:m])
         return
     if total is None:
         total = _col_sums(q)
-    if not (total.min() >= _FREE_TOTAL_MIN and total.max() < np.inf):
+    if not (total.min() >= _FREE_TOTAL_MIN and total.max() < np.inf):  # also NaN
         out[...] = _quantize_reference(q.transpose(0, 2, 1).reshape(ns * bs, k)[:m])
         return
     scale = np.divide(float(TOTAL - k), total)
@@ -225,27 +227,43 @@ def _quantize_blocks(q: np.ndarray, out: np.ndarray, total: np.ndarray | None = 
     np.add(q, 1.0, out=q)
     deficit = np.add.reduce(q, axis=1)   # integers: exact in any order
     np.subtract(float(TOTAL), deficit, out=deficit)
-    # argmax (the first maximum) of each row: the largest key count * k + (k - 1 - j)
-    # (< 2**41) is the first largest count.
-    key = np.multiply(q, float(k), out=key)
-    np.add(key, _rev_index(k), out=key)
-    first = np.maximum.reduce(key, axis=1)
-    np.remainder(first, float(k), out=first)
-    np.subtract(float(k - 1), first, out=first)
     nf = m // bs  # whole sub-blocks, then the rows of a partial one
     np.copyto(out[: nf * bs].reshape(nf, bs, k).transpose(0, 2, 1), q[:nf], casting="unsafe")
     if m > nf * bs:
         np.copyto(out[nf * bs :], q[nf, :, : m - nf * bs].T, casting="unsafe")
-    rows = np.arange(m)
-    out[rows, first.reshape(-1)[:m].astype(np.intp)] += deficit.reshape(-1)[:m].astype(np.int64)
+    out[np.arange(m), np.argmax(out, axis=1)] += deficit.reshape(-1)[:m].astype(np.int64)
 
 
-@functools.lru_cache(maxsize=64)
-def _rev_index(k: int) -> np.ndarray:
-    """(k, 1) float64: k - 1 - j in row j."""
-    a = np.arange(k - 1, -1, -1, dtype=np.float64).reshape(k, 1)
-    a.flags.writeable = False
-    return a
+def _quantize_rows(w: np.ndarray, nonneg: bool = False) -> np.ndarray:
+    """:func:`_quantize_blocks` for a small (n, k) block in row order (w is
+    overwritten): fewer numpy calls, which is what small tables cost."""
+    n, k = w.shape
+    if not (nonneg or w.min() >= 0.0):
+        return _quantize_reference(w)
+    total = np.cumsum(w, axis=1)[:, -1]  # sequential: order-fixed
+    if not (total.min() >= _FREE_TOTAL_MIN and total.max() < np.inf):
+        return _quantize_reference(w)
+    np.multiply(w, np.divide(float(TOTAL - k), total)[:, None], out=w)
+    counts = w.astype(np.int64)  # floor: the values are >= 0
+    counts += 1
+    counts[np.arange(n), np.argmax(counts, axis=1)] += TOTAL - counts.sum(axis=1)
+    return counts
+
+
+_SMALL = 1 << 13  # tables of at most this many entries, or of few rows, are built in row order
+_FEW_ROWS = 256
+
+
+def _small(n: int, k: int) -> bool:
+    return n > 0 and (n * k <= _SMALL or n < _FEW_ROWS)
+
+
+def _rowmax(a: np.ndarray) -> np.ndarray:
+    """a.max(axis=1) as column-wise maxima (a maximum is order-free; NaN propagates)."""
+    m = a[:, 0].copy()
+    for j in range(1, a.shape[1]):
+        np.maximum(m, a[:, j], out=m)
+    return m
 
 
 def _check_alphabet(k: int) -> None:
@@ -253,9 +271,13 @@ def _check_alphabet(k: int) -> None:
         raise ValueError(f"alphabet size {k} outside 1..{MAX_ALPHABET}")
 
 
-def _gather_t(x: np.ndarray, idx: np.ndarray, ns: int, bs: int, out: np.ndarray) -> np.ndarray:
-    """out (ns, k, bs) float64 <- rows idx of x (N, k), transposed per sub-block."""
-    np.copyto(out, x[idx].reshape(ns, bs, x.shape[1]).transpose(0, 2, 1))
+def _gather_t(x: np.ndarray, s0: int, m: int, ns: int, bs: int) -> np.ndarray:
+    """(ns, k, bs) float64: rows s0 .. s0+m-1 of x (N, k), then copies of the
+    last, transposed per sub-block."""
+    k = x.shape[1]
+    out = np.empty((ns, k, bs), dtype=np.float64)
+    rows = x[s0 : s0 + m] if m == ns * bs else x[_rows_index(s0, m, ns * bs)]
+    np.copyto(out, rows.reshape(ns, bs, k).transpose(0, 2, 1))
     return out
 
 
@@ -270,6 +292,8 @@ def quantize_weights(weights: np.ndarray) -> np.ndarray:
         raise ValueError("weights must be 2-D (symbols, alphabet)")
     n, k = w.shape
     _check_alphabet(k)
+    if _small(n, k):
+        return _quantize_rows(w.copy())
     out = np.empty((n, k), dtype=np.int64)
     if n == 0:
         return out
@@ -277,8 +301,7 @@ def quantize_weights(weights: np.ndarray) -> np.ndarray:
     for s0 in range(0, n, ns * bs):
         m = min(n - s0, ns * bs)
         nsb = -(-m // bs)
-        q = _gather_t(w, _rows_index(s0, m, nsb * bs), nsb, bs, np.empty((nsb, k, bs)))
-        _quantize_blocks(q, out[s0 : s0 + m])
+        _quantize_blocks(_gather_t(w, s0, m, nsb, bs), out[s0 : s0 + m])
     return out
 
 
@@ -294,20 +317,25 @@ def categorical_from_logits(logits: np.ndarray) -> np.ndarray:
         raise ValueError("weights must be 2-D (symbols, alphabet)")
     n, k = x.shape
     _check_alphabet(k)
+    if _small(n, k):
+        z = x.astype(np.float64)
+        np.subtract(z, _rowmax(z)[:, None] if k <= 8 else z.max(axis=1, keepdims=True), out=z)
+        _exp_inplace(z.reshape(-1), _Scratch(n * k))
+        return _quantize_rows(z, nonneg=True)
     out = np.empty((n, k), dtype=np.int64)
     if n == 0:
         return out
     bs, ns = _plan(k, n)
-    sc = _Scratch(_BLOCK)
+    sc = _Scratch(min(_BLOCK, -(-n // bs) * bs * k))
     for s0 in range(0, n, ns * bs):
         m = min(n - s0, ns * bs)
         nsb = -(-m // bs)
-        z = _gather_t(x, _rows_index(s0, m, nsb * bs), nsb, bs, np.empty((nsb, k, bs)))  # float32 -> 64, exact
+        z = _gather_t(x, s0, m, nsb, bs)  # float32 -> float64, exact
         np.subtract(z, np.maximum.reduce(z, axis=1)[:, None, :], out=z)  # a max is order-free
         flat = z.reshape(-1)
         for e0 in range(0, flat.shape[0], _BLOCK):
             _exp_inplace(flat[e0 : e0 + _BLOCK], sc)
-        _quantize_blocks(z, out[s0 : s0 + m])
+        _quantize_blocks(z, out[s0 : s0 + m], nonneg=True)  # det_exp: > 0 or NaN
     return out
 
 
@@ -538,7 +566,7 @@ class MixtureRows:
         pad = rows if npad == n else rows[_rows_index(0, n, npad)]
         mu_t, inv_s_t, pi_t = (np.take(a, pad, axis=1) for a in (self.mu_t, self.inv_s_t, self.pi_t))
         norm, cp = self.norm[pad], self.c[pad]
-        acc = key = None
+        acc = None
         for s0 in range(0, n, ns * bs):
             m = min(n - s0, ns * bs)
             nsb = -(-m // bs)
@@ -547,7 +575,6 @@ class MixtureRows:
             mug, sg, pig = (a[:, cols].reshape(a.shape[0], nsb, bs) for a in (mu_t, inv_s_t, pi_t))
             if acc is None or acc.shape[0] != nsb:
                 acc = np.empty((nsb, w + 1, bs), dtype=np.float64)   # the window's bins, then the escape
-                key = np.empty((nsb, k, bs), dtype=np.float64)
             for i in range(nsb):
                 # edges of the bins of the support x = c + offs: x0 - 0.5, x + 0.5, that is
                 # (c + j) - 0.5 for j = -hw .. hw + 1 (every value exact: |c| + hw < 2**52)
@@ -563,9 +590,9 @@ class MixtureRows:
                 q[:, :lo_end] = acc[:, :lo_end]
                 q[:, lo_end : k - 1] = acc[:, hi_start:w]
                 q[:, k - 1] = tail
-                _quantize_blocks(q, out[s0 : s0 + m], key=key)
+                _quantize_blocks(q, out[s0 : s0 + m], nonneg=True)
             else:
                 # the quantizer's row total sums the same columns in the same order: the
                 # window's sum, then the escape
-                _quantize_blocks(acc, out[s0 : s0 + m], np.add(window, tail, out=window), key=key)
+                _quantize_blocks(acc, out[s0 : s0 + m], np.add(window, tail, out=window), nonneg=True)
         return out
