@@ -168,9 +168,12 @@ def _uses_mkldnn(conv: nn.Conv2d, shape: torch.Size) -> bool:
     hit = _backend_cache.get(key)
     if hit is None:
         probe = torch.zeros(shape, dtype=torch.float32)
-        hit = torch._C._select_conv_backend(probe, conv.weight.detach(), conv.bias, list(conv.stride),
-                                            list(conv.padding), list(conv.dilation), False, [0, 0],
-                                            conv.groups) == _MKLDNN
+        try:
+            hit = torch._C._select_conv_backend(probe, conv.weight.detach(), conv.bias, list(conv.stride),
+                                                list(conv.padding), list(conv.dilation), False, [0, 0],
+                                                conv.groups) == _MKLDNN
+        except (RuntimeError, TypeError):  # a torch without this probe: the plain convolution
+            hit = False
         _backend_cache[key] = hit
     return hit
 
