@@ -233,11 +233,37 @@ def _quantize_blocks(q: np.ndarray, out: np.ndarray, total: np.ndarray | None = 
     np.add(q, 1.0, out=q)
     deficit = np.add.reduce(q, axis=1)   # integers: exact in any order
     np.subtract(float(TOTAL), deficit, out=deficit)
+    if k <= _FIRST_MAX_LOOP and q.flags.c_contiguous:
+        # the first largest count of each row, found column by column from the
+        # last (k vector passes over all rows), gets the deficit in place
+        top = np.maximum.reduce(q, axis=1)
+        first = np.empty((ns, bs), dtype=np.intp)
+        eq = np.empty((ns, bs), dtype=bool)
+        for j in range(k - 1, -1, -1):  # the last write is the first maximum
+            np.equal(q[:, j], top, out=eq)
+            np.copyto(first, j, where=eq)
+        np.multiply(first, bs, out=first)
+        np.add(first, _block_offsets(ns, k, bs), out=first)
+        flat = q.reshape(-1)
+        flat[first] += deficit
+        deficit = None
     nf = m // bs  # whole sub-blocks, then the rows of a partial one
     np.copyto(out[: nf * bs].reshape(nf, bs, k).transpose(0, 2, 1), q[:nf], casting="unsafe")
     if m > nf * bs:
         np.copyto(out[nf * bs :], q[nf, :, : m - nf * bs].T, casting="unsafe")
-    out[np.arange(m), np.argmax(out, axis=1)] += deficit.reshape(-1)[:m].astype(np.int64)
+    if deficit is not None:
+        out[np.arange(m), np.argmax(out, axis=1)] += deficit.reshape(-1)[:m].astype(np.int64)
+
+
+_FIRST_MAX_LOOP = 64  # up to this alphabet, the first maximum by column passes beats argmax on rows
+
+
+@functools.lru_cache(maxsize=64)
+def _block_offsets(ns: int, k: int, bs: int) -> np.ndarray:
+    """(ns, bs) intp: the flat index of entry (s, 0, c) of a (ns, k, bs) block."""
+    a = np.arange(ns, dtype=np.intp)[:, None] * (k * bs) + np.arange(bs, dtype=np.intp)[None, :]
+    a.flags.writeable = False
+    return a
 
 
 def _quantize_rows(w: np.ndarray, nonneg: bool = False) -> np.ndarray:

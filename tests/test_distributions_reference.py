@@ -251,3 +251,15 @@ def test_windowed_and_ring_bits(hw):
              ref_windowed(c[-2:], hw, np.full((2, 2), 2.0**52), np.zeros((2, 2))))
     same(D.windowed_logistic_mixture_counts(np.zeros(0, np.int64), hw, np.zeros((0, 2)), np.zeros((0, 2))),
          ref_windowed(np.zeros(0, np.int64), hw, np.zeros((0, 2)), np.zeros((0, 2))))
+
+
+@pytest.mark.parametrize("k", [2, 3, 27, 64, 65, 300])
+def test_ties_for_the_largest_count(k):
+    """The deficit goes to the first of equal largest counts, in every layout."""
+    rng = np.random.default_rng(k)
+    for n in (5, 300, 40000 // k + 3):
+        w = rng.integers(1, 4, (n, k)).astype(np.float64)  # many exact ties
+        w[::3, 0] = w[::3].max(axis=1)
+        same(D.quantize_weights(w), ref_quantize_weights(w))
+        z = rng.integers(-3, 1, (n, k)).astype(np.float32) / 4  # tied logits
+        same(D.categorical_from_logits(z), ref_categorical_from_logits(z))
