@@ -233,7 +233,7 @@ def _quantize_blocks(q: np.ndarray, out: np.ndarray, total: np.ndarray | None = 
     np.add(q, 1.0, out=q)
     deficit = np.add.reduce(q, axis=1)   # integers: exact in any order
     np.subtract(float(TOTAL), deficit, out=deficit)
-    if k <= _FIRST_MAX_LOOP and q.flags.c_contiguous:
+    if k <= _FIRST_MAX_LOOP and ns * bs >= _FIRST_MAX_ROWS and q.flags.c_contiguous:
         # the first largest count of each row, found column by column from the
         # last (k vector passes over all rows), gets the deficit in place
         top = np.maximum.reduce(q, axis=1)
@@ -255,7 +255,8 @@ def _quantize_blocks(q: np.ndarray, out: np.ndarray, total: np.ndarray | None = 
         out[np.arange(m), np.argmax(out, axis=1)] += deficit.reshape(-1)[:m].astype(np.int64)
 
 
-_FIRST_MAX_LOOP = 64  # up to this alphabet, the first maximum by column passes beats argmax on rows
+_FIRST_MAX_LOOP = 64  # up to this alphabet, and from this many rows on, the first maximum
+_FIRST_MAX_ROWS = 1024  # by column passes beats argmax on rows
 
 
 @functools.lru_cache(maxsize=64)
