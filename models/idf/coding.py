@@ -34,21 +34,15 @@ pixels are coded too (the container records the true size, the caller crops).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable
 
 import numpy as np
 import torch
 
-from amdcompress.codecs import (
-    Categorical,
-    Message,
-    Uniform,
-    det_exp,
-    quantize_weights,
-    windowed_logistic_mixture_counts,
-)
-from amdcompress.codecs.distributions import logistic_mixture_weights
+from amdcompress.codecs import Categorical, Message, Uniform, det_exp
+from amdcompress.codecs.distributions import MixtureRows, mixture_params
 from amdcompress.codecs.message import CorruptStreamError
 from amdcompress.codecs.errors import AmdError
 
@@ -63,6 +57,23 @@ INNER_TAIL_BITS = 0      # inner window: the core of the mixture (measured faste
 OUTER_TAIL_BITS = 14     # the outer window leaves at most ~2**-14 to the uniform escape
 MAX_TABLE = 1 << 21      # table entries built at once (memory bound)
 PIXELS_PER_CHUNK = 1 << 17  # padded pixels per network batch (images are never split)
+
+
+@contextlib.contextmanager
+def _coding(threads: int = CODING_THREADS):
+    """:func:`coding_mode`, without torch's filling of new tensors: under
+    deterministic algorithms torch fills every uninitialized tensor with NaN
+    (so that code reading memory it never wrote is reproducible). Every tensor
+    here is written before it is read (convolution outputs, concatenations),
+    so the fill changes no number and only costs time (~10% of a pass)."""
+    det = torch.utils.deterministic
+    old = det.fill_uninitialized_memory
+    with coding_mode(threads):
+        det.fill_uninitialized_memory = False
+        try:
+            yield
+        finally:
+            det.fill_uninitialized_memory = old
 
 
 def padded_size(h: int, w: int, multiple: int) -> tuple[int, int]:
@@ -89,11 +100,29 @@ def image_chunks(n: int, hp: int, wp: int) -> list[tuple[int, int]]:
 
 
 def _grid(t: torch.Tensor, lo: float | None = None, hi: float | None = None) -> np.ndarray:
-    a = t.detach().to("cpu", torch.float64).reshape(-1, t.shape[-1]).numpy()
-    a = np.round(a * (1 << GRID_BITS)) / (1 << GRID_BITS)
+    """Parameters (..., K) -> float32 (rows, K) on the grid: in float64,
+    round(a * 2**GRID_BITS) / 2**GRID_BITS, clipped to [lo, hi]. Read straight
+    from the (permuted, strided) tensor into one float64 buffer; dividing by a
+    power of two is multiplying by its inverse, bit for bit."""
+    src = t.detach()
+    if src.device.type != "cpu":
+        src = src.cpu()
+    a = np.empty(tuple(src.shape), dtype=np.float64)
+    np.multiply(src.numpy(), float(1 << GRID_BITS), out=a, dtype=np.float64)
+    np.round(a, out=a)
+    np.multiply(a, 1.0 / (1 << GRID_BITS), out=a)
     if lo is not None:
-        a = np.clip(a, lo, hi)
-    return np.ascontiguousarray(a.astype(np.float32))
+        np.clip(a, lo, hi, out=a)
+    return a.reshape(-1, src.shape[-1]).astype(np.float32)
+
+
+def _rowmax(a: np.ndarray) -> np.ndarray:
+    """a.max(axis=1) for a few columns, as column-wise maxima (a maximum is
+    order-free)."""
+    m = a[:, 0].copy()
+    for j in range(1, a.shape[1]):
+        np.maximum(m, a[:, j], out=m)
+    return m
 
 
 def _tail_log(bits: int) -> float:
@@ -108,11 +137,20 @@ def _half_window_needed(mu, ls, rel_logit, centers, tail_log: float) -> np.ndarr
     center) has mass < 2 w_k exp(-(h + 1/2 - d_k) / s_k) beyond h, so
     h_k = d_k + s_k (ln(2K/eps) + ln w_k) suffices. Only +, -, * and det_exp:
     bit-identical on every machine."""
+    return _half_windows_needed(mu, ls, rel_logit, centers, (tail_log,))[0]
+
+
+def _half_windows_needed(mu, ls, rel_logit, centers, tail_logs) -> list[np.ndarray]:
+    """:func:`_half_window_needed` for several tail bounds, sharing d and s."""
     d = np.abs(mu.astype(np.float64) - centers[:, None])
     s = det_exp(ls.astype(np.float64))
-    margin = tail_log + rel_logit.astype(np.float64)
-    need = np.where(margin > 0.0, d + s * margin, 0.0)
-    return need.max(axis=1)
+    rel = rel_logit.astype(np.float64)
+    out = []
+    for tail_log in tail_logs:
+        margin = tail_log + rel
+        need = np.where(margin > 0.0, d + s * margin, 0.0)
+        out.append(_rowmax(need))
+    return out
 
 
 def _ladder(need: np.ndarray) -> np.ndarray:
@@ -147,13 +185,13 @@ class PartCoder:
         self.lg = _grid(logit, -1e4, 1e4)
         n = self.mu.shape[0]
         rows = np.arange(n)
-        rel = self.lg - self.lg.max(axis=1, keepdims=True)
+        rel = self.lg - _rowmax(self.lg)[:, None]  # float32, as the format has it
         dom = np.argmax(self.lg, axis=1)
         self.centers = np.clip(np.round(self.mu[rows, dom].astype(np.float64)), LO, HI).astype(np.int64)
-        inner = _ladder(_half_window_needed(self.mu, self.ls, rel, self.centers, _tail_log(INNER_TAIL_BITS)))
-        self.inner = np.minimum(inner, len(HALF_WINDOWS) - 2)  # an outer ring always exists
-        outer = _ladder(_half_window_needed(self.mu, self.ls, rel, self.centers, _tail_log(OUTER_TAIL_BITS)))
-        self.outer = np.maximum(outer, self.inner + 1)
+        need_in, need_out = _half_windows_needed(self.mu, self.ls, rel, self.centers,
+                                                 (_tail_log(INNER_TAIL_BITS), _tail_log(OUTER_TAIL_BITS)))
+        self.inner = np.minimum(_ladder(need_in), len(HALF_WINDOWS) - 2)  # an outer ring always exists
+        self.outer = np.maximum(_ladder(need_out), self.inner + 1)
         self.slices: list[tuple[int, np.ndarray]] = []
         for b, hw in enumerate(HALF_WINDOWS):
             idx = np.flatnonzero(self.inner == b)
@@ -161,11 +199,17 @@ class PartCoder:
             for s in range(0, len(idx), step):
                 self.slices.append((hw, idx[s : s + step]))
         self.n = n
+        # the mixtures in table form (row-wise, so computing them once for all
+        # rows gives every slice the very floats it got when built per slice)
+        self.mix = MixtureRows(self.centers, *mixture_params(self.mu, self.ls, self.lg))
+
+    def _table(self, rows: np.ndarray, hw: int, exclude: int = -1):
+        return Categorical(self.mix.table(hw, exclude, rows))
 
     # -- stage tables ---------------------------------------------------------
     def _inner_codec(self, hw: int, idx: np.ndarray):
-        counts = windowed_logistic_mixture_counts(self.centers[idx], hw, self.mu[idx], self.ls[idx], self.lg[idx])
-        return Categorical(counts)
+        """The inner window and its escape: ``windowed_logistic_mixture_counts``."""
+        return self._table(idx, hw)
 
     def _outer_groups(self, h1: int, idx: np.ndarray):
         """(offsets, codec, member indices) per outer half-width, ascending."""
@@ -175,17 +219,13 @@ class PartCoder:
             sel = idx[hb == b]
             h2 = HALF_WINDOWS[b]
             step = max(1, MAX_TABLE // (2 * h2 + 2))
+            offs = np.arange(-h2, h2 + 1, dtype=np.int64)
+            keep = offs[np.abs(offs) > h1]
             for s in range(0, len(sel), step):
                 part = sel[s : s + step]
-                offs = np.arange(-h2, h2 + 1, dtype=np.int64)
-                support = (self.centers[part, None] + offs[None, :]).astype(np.float64)
-                mass = logistic_mixture_weights(support, self.mu[part], self.ls[part], self.lg[part])
-                lg = self.lg[part].astype(np.float64)
-                norm = np.cumsum(det_exp(lg - lg.max(axis=1, keepdims=True)), axis=1)[:, -1:]
-                tail = np.maximum(norm - np.cumsum(mass, axis=1)[:, -1:], 0.0)
-                keep = np.abs(offs) > h1
-                counts = quantize_weights(np.concatenate([mass[:, keep], tail], axis=1))
-                out.append((offs[keep], Categorical(counts), part))
+                # the mixture's mass on the ring h1 < |offset| <= h2, and an escape
+                # with what the whole window c +- h2 leaves of the mixture's norm
+                out.append((keep, self._table(part, h2, exclude=h1), part))
         return out
 
     # -- push / pop -------------------------------------------------------------
@@ -261,7 +301,7 @@ def encode(model: IDF, images: np.ndarray, progress: Callable | None = None,
     bar = progress(len(chunks)) if progress else None
     m = Message.empty() if checksum is None else Message.anchored(checksum)
     model.eval()
-    with coding_mode(CODING_THREADS):
+    with _coding(CODING_THREADS):
         for s, e in reversed(chunks):
             parts = model.analyse(to_input(padded[s:e]), ste=False)
             for part in reversed(parts):
@@ -316,7 +356,7 @@ def _decode(model: IDF, m: Message, shape: tuple[int, int, int, int], progress: 
     pieces = []  # decoded chunks of images: memory grows with the stream, not with the claimed n
     bar = progress(len(chunks)) if progress else None
     model.eval()
-    with coding_mode(CODING_THREADS):
+    with _coding(CODING_THREADS):
         for s, e in chunks:
             steps = model.generate(e - s, hp, wp)
             part = next(steps)
@@ -348,7 +388,7 @@ def model_bits(model: IDF, images: np.ndarray, batch: int = 100) -> float:
     padded = pad_images(np.ascontiguousarray(images, dtype=np.uint8), model.multiple)
     total = 0.0
     model.eval()
-    with coding_mode(CODING_THREADS):
+    with _coding(CODING_THREADS):
         for s in range(0, len(padded), batch):
             for p in model.analyse(to_input(padded[s : s + batch]), ste=False):
                 lp = logistic_mixture_logp(p.z.double(), p.mu.double(), p.log_scale.double(), p.logit.double())
