@@ -36,7 +36,7 @@ def _image_shape(n: int) -> tuple[int, int, int]:
 def _payload(codec: str, n: int, size: int) -> bytes:
     """``size`` bytes; for a text codec, a model stream whose own head claims
     ``n`` symbols, then filler (the textstream framing around it)."""
-    from amdcompress import textstream
+    from amdcompress.codecs import textstream
 
     filler = bytes((37 * i + 11) & 0xFF for i in range(size))
     heads = {

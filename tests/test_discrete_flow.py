@@ -324,11 +324,11 @@ def test_training_script_runs_resumes_and_exports(tmp_path):
     common = ["--data", str(data), "--valid", str(valid), "--out", str(tmp_path / "run"), "--hidden", "16",
               "--emb", "8", "--net-hidden", "8", "--layers", "1", "--chunk", "32", "--batch", "4",
               "--eval-chars", "1000", "--eval-minutes", "0.02", "--ckpt-minutes", "0.02", "--log-every", "1000"]
-    assert tdf.main(common + ["--minutes", "0.03"]) == 0
+    assert tdf.main(common + ["--minutes", "5", "--max-steps", "150"]) == 0  # a step count, not a time: load-proof
     last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["step"] > 0 and last["valid_bpc"] < math.log2(27) and last["chars_seen"] == last["step"] * 4 * 32
     step = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["step"]
-    assert tdf.main(common + ["--minutes", "0.02", "--resume", str(tmp_path / "run" / "last.pt")]) == 0
+    assert tdf.main(common + ["--minutes", "5", "--max-steps", "160", "--resume", str(tmp_path / "run" / "last.pt")]) == 0
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["step"] > step
     out = tmp_path / "w.pt"
     assert tdf.main(common + ["--export", str(tmp_path / "run" / "best.pt"), "--weights-dir", str(tmp_path),

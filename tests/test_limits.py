@@ -217,7 +217,7 @@ def test_ctrl_c_from_a_terminal(tmp_path):
         pytest.skip("argmax weights not installed")
     src = tmp_path / "a.txt"
     src.write_bytes((amd_samples.DATA / "text8" / "valid.txt").read_bytes()[:40000])
-    code = ("import sys; from amdcompress import backends; backends.by_name('argmax').loaded(); "
+    code = ("import sys; from amdcompress import backends; backends.by_name('argmax').state(); "
             "from amdcompress.cli import main; print('ready', flush=True); "
             f"sys.exit(main(['encode', '-q', '-m', 'argmax', {str(src)!r}]))")
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
