@@ -24,7 +24,7 @@ Writes ``benchmarks/results/absorbing.json`` in the row schema of
   headers) - 1``).
 
 The step budget goes through the backend's module setting
-``amdcompress.learned_absorbing.STEPS`` (the API has no ``steps`` argument
+``amdcompress.compress(raw, model=..., steps=S)`` (the API's ``steps`` argument
 yet); the file records it, so decoding needs no setting.
 """
 from __future__ import annotations
@@ -53,13 +53,13 @@ MODEL = "absorbing-diffusion"
 
 def bench_one(raw: bytes, steps: int | None, setting: str, decode: bool) -> dict:
     """One timed round trip of ``raw`` at ``steps`` (None: the weights' default)."""
-    from amdcompress import api, backends, learned_absorbing
+    from amdcompress import api, backends
+    from amdcompress.models import registry
 
-    learned_absorbing.STEPS = steps
     backend = backends.by_name(MODEL)
     n = len(raw)
     t0 = time.perf_counter()
-    blob = api.compress(raw, model=MODEL)
+    blob = api.compress(raw, model=MODEL, steps=steps)
     enc = time.perf_counter() - t0
     stats = dict(backend.last_stats)
     info = api.info(blob)
@@ -71,7 +71,7 @@ def bench_one(raw: bytes, steps: int | None, setting: str, decode: bool) -> dict
         "encode_s": round(enc, 3), "encode_chars_per_s": round(n / enc, 1),
         "container_header_bytes": info.header_bytes,
         "model_stream_bytes": info.details["model_stream_bytes"], "escape_bytes": info.details["escape_bytes"],
-        "model_bytes": backend.path.stat().st_size, "items": 1,
+        "model_bytes": registry.weights_path(backend.newest.name).stat().st_size, "items": 1,
     }
     from amdcompress.models.absorbing import coding
 
@@ -91,7 +91,6 @@ def bench_one(raw: bytes, steps: int | None, setting: str, decode: bool) -> dict
         row.update(decode_s=None, decode_chars_per_s=None, verified=None)
     row["bzip2_same_prefix_bpc"] = round(8.0 * len(bz2.compress(raw, 9)) / n, 4)
     row["lzma_same_prefix_bpc"] = round(8.0 * len(lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME)) / n, 4)
-    learned_absorbing.STEPS = None
     return row
 
 
@@ -118,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     path = data_dir / TEXT_FILE
     text = path.read_bytes()
     prefix = text[: a.chars] if a.chars else text
-    name = backends.by_name(MODEL).weights_name
+    newest = backends.by_name(MODEL).newest
+    name = newest.name if newest is not None else f"{MODEL}-v1"
     if not registry.available(name):
         print(f"error: the {MODEL} weights are not installed (models/weights/{name}.*)", file=sys.stderr)
         return 2
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         "weights": {k: rec.get(k) for k in ("file", "sha256", "params", "steps", "minutes", "device", "threads",
                                              "default_steps", "valid_full_order_bpc", "valid_bpc_by_steps",
                                              "valid_bpc_by_steps_chars")},
-        "steps_setting": "amdcompress.learned_absorbing.STEPS (module setting; the API has no steps argument yet)",
+        "steps_setting": "amdcompress.compress(..., steps=S)",
         "notes": {"text": [
             "bits_per_dim counts every byte of the .amd file (container header, stream head, escapes). tables_bpc: "
             "the information content of the coder's own 24-bit tables (sum of -log2 p of every coded symbol), what "
