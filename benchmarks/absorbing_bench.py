@@ -23,9 +23,9 @@ Writes ``benchmarks/results/absorbing.json`` in the row schema of
   (``overhead_vs_bound = bytes / (tables bits / 8 + container and stream
   headers) - 1``).
 
-The step budget goes through the backend's module setting
-``amdcompress.compress(raw, model=..., steps=S)`` (the API's ``steps`` argument
-yet); the file records it, so decoding needs no setting.
+The step budget goes through ``amdcompress.compress(raw, model=..., steps=S)``
+(``--steps S`` on the command line); the file records it, so decoding needs no
+setting.
 """
 from __future__ import annotations
 
