@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import bz2
 import datetime as _dt
-import json
 import lzma
 import os
 import platform
@@ -42,7 +41,7 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.provenance import git_commit, machine_info, sha256_bytes  # noqa: E402
+from benchmarks.provenance import git_commit, machine_info, sha256_bytes, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results"
@@ -174,12 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             "load average at the start is in meta.machine (a busy machine makes them slower).",
         ]},
     }
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "absorbing.json.tmp"
-    tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    os.replace(tmp, out / "absorbing.json")
-    print(f"wrote {out / 'absorbing.json'} ({len(rows)} rows, {total:.0f} s)")
+    write_results(Path(a.out) / "absorbing.json", meta, rows)
     return 0 if all(r["verified"] is not False for r in rows) else 1
 
 

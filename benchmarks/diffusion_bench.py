@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import bz2
 import datetime as _dt
-import json
 import lzma
 import os
 import platform
@@ -35,7 +34,7 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.provenance import git_commit, machine_info, sha256_bytes  # noqa: E402
+from benchmarks.provenance import git_commit, machine_info, sha256_bytes, write_results  # noqa: E402
 from benchmarks.text_rows import round_trip_row  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,12 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             "(first generation of 64 chars), the 18-byte container header and the stream header.",
         ]},
     }
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "diffusion.json.tmp"
-    tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    os.replace(tmp, out / "diffusion.json")
-    print(f"wrote {out / 'diffusion.json'} ({len(rows)} rows, {total:.0f} s)")
+    write_results(Path(a.out) / "diffusion.json", meta, rows)
     return 0 if all(r["verified"] for r in rows) else 1
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.provenance import git_commit, machine_info, now  # noqa: E402
+from benchmarks.provenance import git_commit, machine_info, now, write_results  # noqa: E402
 from benchmarks.text_rows import DEFAULT_VALID as DEFAULT_DATA, round_trip_row, size_label  # noqa: E402
 
 import numpy as np
@@ -114,10 +114,7 @@ def main(argv=None) -> None:
             "Timings on a shared 2-core machine, one torch thread.",
         ]},
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(Path(args.out), meta, rows)
 
 
 if __name__ == "__main__":

@@ -66,3 +66,18 @@ def machine_info(**extra) -> dict:
 def now() -> str:
     """UTC time, ISO 8601, seconds."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_results(path: Path, meta: dict, rows: list) -> Path:
+    """Write ``{"meta", "rows"}`` (the schema of benchmarks/report.py) to ``path``
+    atomically: a crash leaves the previous results, never half a file."""
+    import json
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    os.replace(tmp, path)
+    print(f"wrote {path} ({len(rows)} rows)")
+    return path

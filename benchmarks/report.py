@@ -175,6 +175,23 @@ def plot(results: list[tuple[str, dict, list[dict]]], path: Path) -> None:
     plt.close(fig)
 
 
+def learning_curves(results_dir: Path, prefix: str = "") -> str:
+    """Links to the held-out learning curves (``benchmarks/learning_curve.py``) and their last points."""
+    out = []
+    for path in sorted(results_dir.glob("learning_curve_*.json")):
+        d = json.loads(path.read_text())
+        pts, meta = d.get("points", []), d.get("meta", {})
+        if not pts:
+            continue
+        key = next(k for k in pts[-1] if k.endswith(("_bpd", "_bpc")))
+        exports = ", ".join(f"{p['weights']} {p[key]:.4f} at {p['minutes']:.0f} min" for p in pts if p["kind"] == "export")
+        out.append(f"- `{meta.get('model')}` ({meta.get('metric')}): [{prefix}{path.with_suffix('.png').name}]"
+                   f"({prefix}{path.with_suffix('.png').name}), {len(pts)} points from the weights records "
+                   f"(`python benchmarks/learning_curve.py --model {meta.get('model')}`, commit {meta.get('commit')}); "
+                   f"exports: {exports}")
+    return ("\n\n### Learning curves\n\n" + "\n".join(out) + "\n") if out else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Merge benchmarks/results/*.json into report.md and report.png")
     p.add_argument("--results", default=str(DEFAULT_RESULTS), help="results directory (default: benchmarks/results)")
@@ -186,13 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     if not results:
         print(f"error: no result files in the row schema under {results_dir}", file=sys.stderr)
         return 1
-    md = markdown(results)
+    md = markdown(results) + learning_curves(results_dir)
     (results_dir / "report.md").write_text(md + "\n")
     plot(results, results_dir / "report.png")
     print(md)
     print(f"wrote {results_dir / 'report.md'} and {results_dir / 'report.png'}")
     if args.readme:
-        update_readme(Path(args.readme), markdown(results, compact=True) + "\n### Shipped models\n\n" + models_table()
+        update_readme(Path(args.readme), markdown(results, compact=True) + learning_curves(results_dir, "benchmarks/results/")
+                      + "\n### Shipped models\n\n" + models_table()
                       + "\n\nEach record (`models/weights/*.json`) also gives the data, the final train numbers and the export command.\n")
         print(f"updated {args.readme}")
     return 0
