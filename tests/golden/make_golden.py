@@ -119,7 +119,7 @@ class Spec:
     note: str = ""
 
 
-_TEXT_MODELS = ("argmax", "argmax-coupling", "discrete-flow")
+_TEXT_MODELS = ("argmax", "argmax-coupling", "discrete-flow", "absorbing-diffusion")
 SPECS: list[Spec] = [
     Spec("store_bytes.amd", "bytes.bin", "store"),
     Spec("lzma_bytes.amd", "bytes.bin", "lzma"),
@@ -140,9 +140,8 @@ SPECS += [
     Spec("diffusion_escapes.amd", "escapes.txt", "diffusion", env={DIFFUSION_ENV: None},
          note="chain length: the default (AMDCOMPRESS_DIFFUSION_STEPS unset); out-of-alphabet bytes"),
     Spec("idf-v2_cifar.amd", "cifar_test0.png", "idf", weights="idf-v2", legacy=True,
-         note="made by commit a4e18a3 with weights idf-v2 (codec 16's previous weights); the current "
-              "build does not ship idf-v2, so it cannot decode this file until idf-v2 is restored as an "
-              "older weights version of codec id 16"),
+         note="made by commit a4e18a3 with weights idf-v2 (codec 16's older weights, installed again "
+              "as a weights version chosen by the file's tag)"),
 ]
 
 
