@@ -101,7 +101,7 @@ MODELS: dict[str, Model] = {m.name: m for m in (
           # not tried by auto: argmax codes smaller files
           "learned text model: Argmax Flow with a grid-exact coupling-flow prior, bits-back ANS"),
     Model("absorbing-diffusion", 21, "text", "amdcompress.models.absorbing.coding",
-          (Weights("absorbing-diffusion-v1", "f1447a54ce041205216f36a2d3929c055a96e6b6853a824f35be6c3003995bf9"),),
+          (Weights("absorbing-diffusion-v1", "0ccabee1b6990281b61f91f3d74376b9cf275f7d3d250628c1055f6797405525"),),
           "learned text model: absorbing-state diffusion (order-agnostic ARDM), exact ANS in S network passes",
           details=True,
           options={"steps": "network passes per chunk (recorded in the file; default: the weights')"}),
