@@ -27,7 +27,7 @@ dims           number of dimensions coded: subpixels for images, characters
 bits_per_dim   8 * bytes / dims (bpd for images, bpc for text)
 encode_s       wall time to encode everything, seconds
 decode_s       wall time to decode everything, seconds
-verified       true only if every encoding was decoded and compared exactly
+verified       true only if every encoding was decoded and compared exactly (null: not decoded, e.g. a timing-only row)
 =============  ===============================================================
 
 Optional row keys: ``encode_MBps``/``decode_MBps`` (raw input MB per second),
@@ -131,7 +131,7 @@ def markdown(results: list[tuple[str, dict, list[dict]]], compact: bool = False)
             out.append("| " + " | ".join(_cell(c) for c in [
                 r["codec"], r["setting"], f"{r['bits_per_dim']:.3f}", _fmt(r["bytes"]), _fmt(r["dims"]),
                 _fmt(r["encode_s"]), _fmt(r["decode_s"]), _fmt(r.get("encode_MBps")), _fmt(r.get("decode_MBps")),
-                "yes" if r["verified"] else "**NO**", name,
+                {True: "yes", None: "not decoded"}.get(r["verified"], "**NO**"), name,
                 _params(r.get("params")) + (f"; layout {r['layout']}" if r.get("layout") and r["setting"] == "strip" else ""),
             ][:ncols]) + " |")
         out.append("")
