@@ -53,11 +53,13 @@ def _inputs() -> dict[str, bytes]:
         "argmax-coupling": TEXT[:40].encode(),
         "discrete-flow": TEXT[:40].encode(),
         "diffusion": text8[:24],
+        "absorbing-diffusion": TEXT[:40].encode(),
     }
 
 
 CODECS = (
-    "store", "lzma", "jxl", "ppmd", "idf", "argmax", "argmax-coupling", "discrete-flow", "diffusion")
+    "store", "lzma", "jxl", "ppmd", "idf", "argmax", "argmax-coupling", "discrete-flow", "diffusion",
+    "absorbing-diffusion")
 
 
 def available(codec: str) -> bool:

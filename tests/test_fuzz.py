@@ -2,7 +2,7 @@
 file decodes to, or raises AmdError; never another exception, never a hang.
 
 Real files of every codec (:mod:`amd_samples`: store, lzma, jxl, ppmd, idf,
-argmax, argmax-coupling, discrete-flow, diffusion; the learned ones on tiny
+argmax, argmax-coupling, discrete-flow, diffusion, absorbing-diffusion; the learned ones on tiny
 inputs) are damaged by a seeded mutation loop (bit flips in every header
 byte, every codec id, flags value and version byte, truncation at every header
 length and sampled payload lengths, appended junk, payload bit flips, byte
