@@ -84,7 +84,7 @@ def test_manifest_covers_every_codec_and_file():
         assert hashlib.sha256(_read(e["input"])).hexdigest() == e["input_sha256"], e["input"]
 
 
-@pytest.mark.parametrize("entry", _decode_params())
+@pytest.mark.parametrize("entry", list(_decode_params()))
 def test_golden_file_decodes_to_its_input(entry):
     blob = _read(entry["file"])
     assert hashlib.sha256(blob).hexdigest() == entry["sha256"], "golden file changed without its manifest entry"
