@@ -30,9 +30,7 @@ setting.
 from __future__ import annotations
 
 import argparse
-import bz2
 import datetime as _dt
-import lzma
 import os
 import platform
 import sys
@@ -42,6 +40,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.provenance import git_commit, machine_info, sha256_bytes, write_results  # noqa: E402
+from benchmarks.text_rows import classical_same_prefix  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results"
@@ -88,8 +87,7 @@ def bench_one(raw: bytes, steps: int | None, setting: str, decode: bool) -> dict
         row.update(decode_s=round(dec, 3), decode_chars_per_s=round(n / dec, 1), verified=back == raw)
     else:
         row.update(decode_s=None, decode_chars_per_s=None, verified=None)
-    row["bzip2_same_prefix_bpc"] = round(8.0 * len(bz2.compress(raw, 9)) / n, 4)
-    row["lzma_same_prefix_bpc"] = round(8.0 * len(lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME)) / n, 4)
+    row.update(classical_same_prefix(raw))
     return row
 
 

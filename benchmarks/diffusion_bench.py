@@ -23,9 +23,7 @@ since their rates on a short prefix differ from the full-file rows.
 from __future__ import annotations
 
 import argparse
-import bz2
 import datetime as _dt
-import lzma
 import os
 import platform
 import sys
@@ -35,7 +33,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.provenance import git_commit, machine_info, sha256_bytes, write_results  # noqa: E402
-from benchmarks.text_rows import round_trip_row  # noqa: E402
+from benchmarks.text_rows import classical_same_prefix, round_trip_row  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results"
@@ -54,8 +52,7 @@ def bench_one(raw: bytes, steps: int, setting: str, weights: dict) -> dict:
         "overhead_vs_elbo": round(bpc / elbo_bpc - 1.0, 5),
         "chain_bpc": round(chain_bpc, 5),
         "overhead_vs_chain": round(bpc / chain_bpc - 1.0, 5),
-        "bzip2_same_prefix_bpc": round(8.0 * len(bz2.compress(raw, 9)) / n, 4),
-        "lzma_same_prefix_bpc": round(8.0 * len(lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME)) / n, 4),
+        **classical_same_prefix(raw),
         "params": (f"{steps} of T={weights['config']['T']} steps, {len(stats['generations'])} generations, "
                    f"1 torch thread, diffusion-v1.pt sha256 {weights['sha256'][:12]} "
                    f"({weights.get('minutes')} min trained, valid ELBO {weights.get('valid_elbo_bpc')} bpc)"),

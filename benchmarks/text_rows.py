@@ -12,6 +12,16 @@ DEFAULT_VALID = Path(os.environ.get("AMDCOMPRESS_DATA") or Path(__file__).resolv
     / "text8" / "valid.txt"
 
 
+def classical_same_prefix(raw: bytes) -> dict:
+    """bzip2 -9 and xz -9e bits per char of the same bytes, for rows that test a prefix."""
+    import bz2
+    import lzma
+
+    n = max(1, len(raw))
+    return {"bzip2_same_prefix_bpc": round(8.0 * len(bz2.compress(raw, 9)) / n, 4),
+            "lzma_same_prefix_bpc": round(8.0 * len(lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME)) / n, 4)}
+
+
 def size_label(size: int, total: int, whole: str = "file") -> str:
     """The setting name of a prefix of ``size`` bytes of a ``total``-byte file (0: all of it)."""
     if size == 0 or size >= total:

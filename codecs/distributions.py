@@ -105,12 +105,17 @@ def _exp_inplace(x: np.ndarray, sc: _Scratch) -> None:
 def det_exp(x: np.ndarray) -> np.ndarray:
     """exp(x) in float64 from correctly rounded operations only: bit-identical on
     every IEEE-754 machine. Relative error below 2e-12; clamps to [-740, 705]."""
-    out = np.array(x, dtype=np.float64, order="C", copy=True)
+    return _blockwise(np.array(x, dtype=np.float64, order="C", copy=True), _exp_inplace)
+
+
+def _blockwise(out: np.ndarray, inplace) -> np.ndarray:
+    """``inplace(block, scratch)`` over ``out`` (contiguous float64) in blocks of
+    :data:`_BLOCK` elements, sharing one scratch; returns ``out``."""
     flat = out.reshape(-1)
     n = flat.shape[0]
     sc = _Scratch(min(n, _BLOCK))
     for s in range(0, n, _BLOCK):
-        _exp_inplace(flat[s : s + _BLOCK], sc)
+        inplace(flat[s : s + _BLOCK], sc)
     return out
 
 
@@ -125,12 +130,7 @@ def det_sigmoid(x: np.ndarray) -> np.ndarray:
     """1 / (1 + exp(-x)) with :func:`det_exp`."""
     out = np.array(x, dtype=np.float64, order="C", copy=True)
     np.negative(out, out=out)
-    flat = out.reshape(-1)
-    n = flat.shape[0]
-    sc = _Scratch(min(n, _BLOCK))
-    for s in range(0, n, _BLOCK):
-        _sigmoid_of_neg_inplace(flat[s : s + _BLOCK], sc)
-    return out
+    return _blockwise(out, _sigmoid_of_neg_inplace)
 
 
 def _as_f64(a) -> np.ndarray:
