@@ -92,7 +92,7 @@ def test_row_masks_share_t_across_a_rows_chunks():
         assert int(masked[i, :20].sum()) <= 20
 
 
-def test_ardm_loss_is_the_mean_over_masked_positions():
+def test_ardm_loss_is_the_mean_over_the_positions_step_t_may_reveal():
     m = tiny_model()
     r = m.radius()
     x = torch.from_numpy(text_symbols(3 * (2 * 32 + 2 * r)).reshape(3, -1))
@@ -100,15 +100,27 @@ def test_ardm_loss_is_the_mean_over_masked_positions():
     g = torch.Generator().manual_seed(5)
     loss, per_row = N.ardm_loss(m, x, g, t)
     _, masked = N.row_masks(3, 2, 32, r, "spread", torch.Generator().manual_seed(5), t)
-    counts = masked[:, r:-r].sum(1)
-    assert counts.tolist() == [64, 32, 2]  # k (L - t + 1) masked
-    nll = N.masked_nll_bits(m, x, masked)
-    rows = torch.arange(3).repeat_interleave(counts)
-    want = torch.stack([nll[rows == i].mean() for i in range(3)])
+    centre = masked[:, r:-r]
+    assert centre.sum(1).tolist() == [64, 32, 2]  # k (L - t + 1) masked
+    # spread order, L = 32: rank 0 is level 0 (position 0), ranks 16..31 level 5 (the odd positions)
+    target = N.revealed_next("spread", 32, t, centre)
+    assert target.sum(1).tolist() == [2, 32, 2]
+    lev = torch.from_numpy(np.tile(N.levels(32), 2))
+    assert torch.all(lev[target[0]] == 0) and torch.all(lev[target[1]] == 5) and torch.all(lev[target[2]] == 5)
+    full = N.masked_nll_bits(m, x, masked)  # every masked position, row-major
+    pick = target[centre]
+    rows = torch.arange(3).repeat_interleave(centre.sum(1))
+    want = torch.stack([full[(rows == i) & pick].mean() for i in range(3)])
     assert torch.allclose(per_row, want, atol=1e-6)
     assert torch.isclose(loss, want.mean())
-    # the weight kL / (k (L - t + 1)) * sum / (kL): the same thing
-    assert torch.allclose(per_row, torch.stack([32 / (32 - t[i] + 1) * nll[rows == i].sum() / 64 for i in range(3)]))
+    # with a weight on the other masked positions the loss grows, the per-row bound does not
+    loss2, per_row2 = N.ardm_loss(m, x, torch.Generator().manual_seed(5), t, others=0.5)
+    others = torch.stack([full[(rows == i) & ~pick].mean() if ((rows == i) & ~pick).any() else torch.tensor(0.0)
+                          for i in range(3)])
+    assert torch.allclose(per_row2, want, atol=1e-6)
+    assert torch.isclose(loss2, (want + 0.5 * others).mean(), atol=1e-6)
+    # random orders: every masked position may come next
+    assert torch.equal(N.revealed_next("random", 32, t, centre), centre)
     with pytest.raises(ValueError):
         N.ardm_loss(m, x[:, :-1], g)
 
@@ -441,3 +453,15 @@ def test_backend_round_trip_info_and_steps(weights_file, monkeypatch, tmp_path):
             b.decode(bad, BYTES, (len(TEXT),))
         except AmdError as e:
             assert "\n" not in str(e)
+
+
+def test_loss_by_class_splits_the_sequential_cost():
+    from amdcompress.models.absorbing.train import by_class
+
+    seq = np.random.default_rng(0).random(32) * 4
+    rows = by_class("spread", 32, seq)
+    assert [r["positions"] for r in rows] == [1, 1, 2, 4, 8, 16]
+    assert abs(sum(r["bpc_share"] for r in rows) - seq.mean()) < 1e-3
+    assert abs(rows[-1]["bits_per_position"] - seq[16:].mean()) < 1e-4  # the odd positions are the last 16 ranks
+    assert by_class("random", 32, seq) == [{"class": 0, "positions": 32, "bits_per_position": round(float(seq.mean()), 4),
+                                           "bpc_share": round(float(seq.mean()), 4)}]

@@ -4,15 +4,19 @@ D3PM-absorbing, Austin et al. 2021, is its discrete-time relative).
 
 Objective. For a chunk x of L symbols, an order sigma drawn from the model's
 order family and a uniform t in 1..L, the positions sigma(t..L) are replaced
-by MASK and the denoiser predicts every masked position from the revealed ones
-in one pass::
+by MASK and the denoiser predicts the masked positions from the revealed ones
+in one pass. The position revealed at step t, sigma(t), is uniformly
+distributed over the masked positions of its class (the level being revealed
+for ``spread`` orders, every masked position for ``random`` ones), so::
 
-    loss(x) = L / (L - t + 1) * sum_{k masked} -log2 p(x_k | x_revealed)
+    loss(x) = mean over masked k of sigma(t)'s class of -log2 p(x_k | x_revealed)
 
-an unbiased estimate (over sigma and t) of the bound on -log2 p(x) of coding
-the chunk one position at a time in the order sigma; divided by L it is bits
-per char, i.e. the mean of -log2 p over the masked positions. Everything is
-in log space (log_softmax).
+is an unbiased estimate (over sigma and t) of the bits per char of coding the
+chunk one position at a time in the order sigma: exactly what the coder pays
+in L steps (:func:`revealed_next`). Averaging over *every* masked position
+instead, as for random orders, would also train (and score) predictions of
+finer levels from contexts the coder never shows them. Everything is in log
+space (log_softmax).
 
 Order families (``config.order``):
 
@@ -242,37 +246,73 @@ def row_masks(b: int, chunks: int, length: int, halo: int, order: str, generator
 
 
 # --------------------------------------------------------------------------- the ARDM objective
-def masked_nll_bits(model: AbsorbingDenoiser, x: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
-    """-log2 p(x_k | revealed) at every masked position of the rows' central
-    part (the row minus ``radius()`` on each side, what valid convolutions
-    output), a 1-D tensor in row-major order. Positions of ``x`` that hold
+def masked_nll_bits(model: AbsorbingDenoiser, x: torch.Tensor, masked: torch.Tensor,
+                    target: torch.Tensor | None = None) -> torch.Tensor:
+    """-log2 p(x_k | revealed) at every ``target`` position (default: every
+    masked one) of the rows' central part (the row minus ``radius()`` on each
+    side, what valid convolutions output), a 1-D tensor in row-major order;
+    ``target`` has the central part's shape. Positions of ``x`` that hold
     MASK (beyond the ends of a text) stay MASK."""
     r = model.radius()
     tokens = torch.where(masked, torch.full_like(x, MASK), x)
     h = model(tokens, valid=True)
-    centre = masked[:, r : masked.shape[1] - r]
+    centre = masked[:, r : masked.shape[1] - r] if target is None else target
     logp = F.log_softmax(model.logits(h[centre]).float(), dim=-1)
     return -logp.gather(1, x[:, r : x.shape[1] - r][centre][:, None])[:, 0] / LN2
 
 
+def revealed_next(order: str, length: int, t: torch.Tensor, masked_centre: torch.Tensor) -> torch.Tensor:
+    """The masked positions of each row's central part (whole chunks) that can
+    be the one revealed at step t: those of the class (:func:`order_classes`)
+    of rank t - 1. Orders are uniform within a class, so the mean of -log2 p
+    over them is the expected cost of step t of the coder's order, and its
+    mean over uniform t is the bound of coding the chunk in that order."""
+    b, width = masked_centre.shape
+    pos_class = levels(length) if order == "spread" else np.zeros(length, dtype=np.int64)
+    cls = torch.from_numpy(np.tile(pos_class, width // length))
+    cur = torch.from_numpy(order_classes(order, length, length))[t - 1]
+    return masked_centre & (cls[None, :] == cur[:, None])
+
+
 def ardm_loss(model: AbsorbingDenoiser, x: torch.Tensor, generator: torch.Generator | None = None,
-              t: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              t: torch.Tensor | None = None, others: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The bound per row in bits per char, (mean over rows for backward,
     per-row values). ``x``: (b, k L + 2 radius()) symbols, rows of k chunks
-    with their context (:func:`row_masks`); each row's value is
-    ``k L / (k (L - t + 1)) * sum_masked -log2 p / (k L)``, i.e. the mean of
-    -log2 p over the masked positions of its k chunks."""
+    with their context (:func:`row_masks`); each row's value is the mean of
+    -log2 p over the positions of its k chunks that step t may reveal
+    (:func:`revealed_next`): for ``random`` orders every masked position, for
+    ``spread`` ones the masked positions of the level being revealed, an
+    unbiased estimate (over t and the orders) of the bits of coding the chunk
+    one position at a time in the coder's order.
+
+    ``others`` > 0 adds that weight times the mean over the other masked
+    positions (predictions the coder never uses at this t: a regulariser,
+    not part of the bound; the per-row values never include it)."""
     b, width = x.shape
     L, r = model.length, model.radius()
     chunks, rest = divmod(width - 2 * r, L)
     if rest or chunks < 1:
         raise ValueError(f"rows must be k * {L} + 2 * {r} wide, got {width}")
     t, masked = row_masks(b, chunks, L, r, model.config.order, generator, t)
-    nll = masked_nll_bits(model, x, masked)
-    counts = masked[:, r : width - r].sum(1)
-    rows = torch.arange(b).repeat_interleave(counts)
-    per_row = torch.zeros(b, dtype=nll.dtype).index_add_(0, rows, nll) / counts.to(nll.dtype)
+    centre = masked[:, r : width - r]
+    target = revealed_next(model.config.order, L, t, centre) if others <= 0.0 else centre
+    nll = masked_nll_bits(model, x, masked, target)
+    if others > 0.0:
+        nxt = revealed_next(model.config.order, L, t, centre)[centre]
+        main = _row_means(nll, nxt, centre, b)
+        rest_rows = _row_means(nll, ~nxt, centre, b)
+        return (main + others * rest_rows).mean(), main.detach()
+    per_row = _row_means(nll, torch.ones_like(nll, dtype=torch.bool), target, b)
     return per_row.mean(), per_row.detach()
+
+
+def _row_means(nll: torch.Tensor, keep: torch.Tensor, where: torch.Tensor, b: int) -> torch.Tensor:
+    """Per row, the mean of ``nll[keep]``; ``nll`` lists the True places of
+    ``where`` (b, W) row-major; rows with none of them give 0."""
+    rows = torch.arange(b).repeat_interleave(where.sum(1))[keep]
+    sums = torch.zeros(b, dtype=nll.dtype).index_add_(0, rows, nll[keep])
+    counts = torch.zeros(b, dtype=nll.dtype).index_add_(0, rows, torch.ones_like(nll[keep]))
+    return sums / counts.clamp_min(1)
 
 
 def row_width(model: AbsorbingDenoiser, chunks: int) -> int:
@@ -282,8 +322,8 @@ def row_width(model: AbsorbingDenoiser, chunks: int) -> int:
 @torch.no_grad()
 def window_bpc(model: AbsorbingDenoiser, sym: np.ndarray, chunks: int = 4, seed: int = 1234,
                batch: int = 16) -> dict:
-    """Held-out estimate of the full-order bound in bits per char: ``sym`` cut
-    into rows of ``chunks`` chunks (with their neighbours as context, MASK
+    """Held-out estimate of the full-order bound in bits per char (the
+    estimator of :func:`ardm_loss`): ``sym`` cut into rows of ``chunks`` chunks (with their neighbours as context, MASK
     beyond the ends of ``sym``), each row at one t, the t stratified over the
     rows (so they cover 1..L evenly), fixed seed."""
     was = model.training
@@ -305,10 +345,9 @@ def window_bpc(model: AbsorbingDenoiser, sym: np.ndarray, chunks: int = 4, seed:
     for b in range(0, nr, batch):
         xb = x[b : b + batch]
         t, masked = row_masks(xb.shape[0], chunks, L, r, model.config.order, gen, t_all[b : b + batch])
-        nll = masked_nll_bits(model, xb, masked)  # MASK beyond the ends of sym: halo only, never in the loss
-        counts = masked[:, r : xb.shape[1] - r].sum(1)
-        rows = torch.arange(xb.shape[0]).repeat_interleave(counts)
-        per_row = torch.zeros(xb.shape[0], dtype=torch.float64).index_add_(0, rows, nll.double()) / counts
+        target = revealed_next(model.config.order, L, t, masked[:, r : xb.shape[1] - r])
+        nll = masked_nll_bits(model, xb, masked, target)  # MASK beyond the ends of sym: halo only, never in the loss
+        per_row = _row_means(nll.double(), torch.ones_like(nll, dtype=torch.bool), target, xb.shape[0])
         total += float(per_row.sum())
     model.train(was)
     return {"bpc": total / nr, "chars": n}

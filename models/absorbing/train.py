@@ -6,7 +6,9 @@
     python -m amdcompress.models.absorbing.train --export runs/absorbing/best.pt --threads 2 \
         --weights-name absorbing-diffusion-v1   # -> models/weights/absorbing-diffusion-v1.{pt,json}
 
-Training: the ARDM bound in bits per char (:func:`.network.ardm_loss`):
+Training: the ARDM bound in bits per char of the coder's order family
+(:func:`.network.ardm_loss`; ``--others`` adds a weighted term for the
+masked positions the next step cannot reveal):
 ``--batch`` rows, each ``--chunks`` chunks of the training text at a random
 place plus the network's receptive field of context on each side, as the
 coder sees them; each row at its own uniform t, each chunk with its own order
@@ -47,7 +49,7 @@ class AbsorbingTrainer(training.TextTrainer):
     defaults = dict(minutes=90.0, batch=16, ema=0.999, log_every=50, ckpt_minutes=5.0, eval_chars=100_000)
     options = dict(train_chars=0, chunks=2, length=256, d=128, ff=256, kernel=3, dilations="1,2,4,8,16,32,1,2",
                    act=("relu", "gelu"), order=ORDERS, default_steps=32, budgets=BUDGETS, budget_chars=65536,
-                   table_chars=32768, table_stride=2)
+                   table_chars=32768, table_stride=2, others=0.0)
     helps = dict(train_chars="use only this prefix of the training text (0: all)",
                  chunks="chunks per row (plus context on each side)", length="chunk length L (new runs)",
                  dilations="one block per dilation", order="order family (new runs)",
@@ -55,7 +57,9 @@ class AbsorbingTrainer(training.TextTrainer):
                  budgets="export: budgets whose exact bpc the record holds",
                  budget_chars="export: valid.txt chars for the budgets (0: all)",
                  table_chars="export: valid.txt chars for the loss table",
-                 table_stride="export: measure the loss table every this many reveals")
+                 table_stride="export: measure the loss table every this many reveals",
+                 others=("weight of the masked positions step t cannot reveal (finer levels) in the loss: "
+                         "a regulariser outside the bound (0: the exact objective)"))
 
     def new_config(self, args) -> dict:
         return AbsorbingConfig(length=args.length, d=args.d, ff=args.ff, kernel=args.kernel,
@@ -74,7 +78,7 @@ class AbsorbingTrainer(training.TextTrainer):
         def step_loss():
             starts = torch.from_numpy(rng.integers(0, len(train) - width + 1, args.batch))
             x = data[starts[:, None] + offsets[None, :]]
-            loss, _ = ardm_loss(model, x, gen)
+            loss, _ = ardm_loss(model, x, gen, others=args.others)
             return loss, args.batch * args.chunks * model.length
 
         return step_loss, lambda: window_bpc(model, valid), dict
@@ -127,7 +131,18 @@ class AbsorbingTrainer(training.TextTrainer):
                                         "rows, rounded logits, 24-bit quantization), the ANS overhead and headers "
                                         f"aside; steps = {c.length} is the full order"),
             "step_plans": plans, "loss_table_chars": table_chars, "loss_table_reveal_counts": reveals,
-            "loss_table_sequential_bpc": round(float(seq.mean()), 5)}
+            "loss_table_sequential_bpc": round(float(seq.mean()), 5),
+            "loss_table_by_class": by_class(c.order, c.length, seq)}
+
+
+def by_class(order: str, length: int, seq: np.ndarray) -> list[dict]:
+    """Where the bits of the full order go: per rank class (the level, for
+    spread orders), its positions per chunk, their mean -log2 p and their
+    share of the bits per char (from the loss table's sequential costs)."""
+    classes = order_classes(order, length, length)
+    return [{"class": int(j), "positions": int((classes == j).sum()),
+             "bits_per_position": round(float(seq[classes == j].mean()), 4),
+             "bpc_share": round(float(seq[classes == j].sum()) / length, 4)} for j in np.unique(classes)]
 
 
 TRAINER = AbsorbingTrainer()
