@@ -27,6 +27,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # the held-out number a record or an evaluation holds, by model kind
 METRICS = {"image": ("test_bpd", "final_test_bpd", "bits/dim on cifar10/test.npy (600 images)"),
            "text": ("valid_bpc", "valid_bpc", "bits/char on text8 valid.txt")}
+# models whose record names its held-out number differently
+RECORD_KEYS = {"absorbing-diffusion": "valid_full_order_bpc"}
 
 
 def points(model: str) -> tuple[list[dict], str]:
@@ -35,8 +37,16 @@ def points(model: str) -> tuple[list[dict], str]:
 
     entry = registry.model(model)
     key, final_key, what = METRICS[entry.data]
+    final_key = RECORD_KEYS.get(model, final_key)
     seen_key = "images_seen" if entry.data == "image" else "chars_seen"
     out: list[dict] = []
+    exact_from = None  # evals and exports up to this step used an earlier estimator (the newest record says)
+    for w in entry.weights:
+        try:
+            exact_from = registry.record(w.name).get("heldout_estimator_from_step")
+            break
+        except Exception:  # noqa: BLE001
+            continue
     for w in reversed(entry.weights):
         try:
             rec = registry.record(w.name)
@@ -46,7 +56,9 @@ def points(model: str) -> tuple[list[dict], str]:
             for ev in run.get("evals", []):
                 value = ev.get(key)
                 if isinstance(value, (int, float)):
-                    out.append({"weights": w.name, "kind": "eval", "minutes": ev.get("minutes"),
+                    older = exact_from is not None and (ev.get("step") or 0) <= exact_from
+                    out.append({"weights": w.name, "kind": "eval (earlier estimator)" if older else "eval",
+                                "minutes": ev.get("minutes"),
                                 "step": ev.get("step"), "seen": ev.get(seen_key), key: value,
                                 "run": run.get("command")})
         final = rec.get(final_key)
@@ -55,7 +67,9 @@ def points(model: str) -> tuple[list[dict], str]:
             if seen is None and rec.get("steps") is not None and entry.data == "image":
                 # records written before images were counted: every IDF run so far used batches of 64
                 seen, estimated = int(rec["steps"]) * int(rec.get("batch") or 64), True
-            out.append({"weights": w.name, "kind": "export", "minutes": rec.get("minutes"), "step": rec.get("steps"),
+            older = exact_from is not None and (rec.get("steps") or 0) <= exact_from
+            out.append({"weights": w.name, "kind": "export (earlier estimator)" if older else "export",
+                        "minutes": rec.get("minutes"), "step": rec.get("steps"),
                         "seen": seen, "seen_is_estimate": estimated, key: final})
     seen: set = set()
     uniq = []
@@ -76,12 +90,13 @@ def plot(pts: list[dict], key: str, what: str, model: str, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, x, label in ((axes[0], "minutes", "training minutes (all runs, cumulative)"),
                          (axes[1], "seen", "training items seen (cumulative)")):
-        for kind, style in (("eval", "o-"), ("export", "s")):
+        for kind, style in (("eval", "o-"), ("eval (earlier estimator)", "x:"), ("export", "s"),
+                            ("export (earlier estimator)", "D")):
             sel = [p for p in pts if p["kind"] == kind and p[x] is not None]
             if sel:
                 ax.plot([p[x] for p in sel], [p[key] for p in sel], style, label=kind, markersize=4)
         for p in pts:
-            if p["kind"] == "export" and p[x] is not None:
+            if p["kind"].startswith("export") and p[x] is not None:
                 ax.annotate(p["weights"], (p[x], p[key]), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.set_xlabel(label)
         ax.set_ylabel(what)

@@ -184,7 +184,9 @@ def learning_curves(results_dir: Path, prefix: str = "") -> str:
         if not pts:
             continue
         key = next(k for k in pts[-1] if k.endswith(("_bpd", "_bpc")))
-        exports = ", ".join(f"{p['weights']} {p[key]:.4f} at {p['minutes']:.0f} min" for p in pts if p["kind"] == "export")
+        exports = ", ".join(f"{p['weights']} {p[key]:.4f} at {p['minutes']:.0f} min"
+                            + (" (earlier estimator)" if p["kind"] != "export" else "")
+                            for p in pts if p["kind"].startswith("export"))
         out.append(f"- `{meta.get('model')}` ({meta.get('metric')}): [{prefix}{path.with_suffix('.png').name}]"
                    f"({prefix}{path.with_suffix('.png').name}), {len(pts)} points from the weights records "
                    f"(`python benchmarks/learning_curve.py --model {meta.get('model')}`, commit {meta.get('commit')}); "

@@ -40,6 +40,10 @@ from .. import training
 from .network import ORDERS, AbsorbingConfig, AbsorbingDenoiser, ardm_loss, order_classes, row_width, window_bpc
 
 BUDGETS = "8,16,32,64,128"
+# Held-out evaluations of the shipped lineage up to this step averaged -log2 p
+# over every masked position (an estimate that does not match spread orders);
+# from it on, over the positions the next step may reveal (the exact bound).
+HELDOUT_ESTIMATOR_FROM_STEP = 2060
 
 
 class AbsorbingTrainer(training.TextTrainer):
@@ -122,9 +126,11 @@ class AbsorbingTrainer(training.TextTrainer):
                   f"({time.time() - t0:.0f} s)", flush=True)
         return {
             "valid_full_order_bpc": round(full["bpc"], 5), "valid_full_order_chars": full["chars"],
-            "valid_full_order_eval": ("the ARDM bound of coding one position at a time: one t per row of 4 chunks "
-                                      "(stratified), one order per chunk from the model's family, float16 weights, "
+            "valid_full_order_eval": ("the ARDM bound of coding one position at a time in the coder's order "
+                                      "family: one t per row of 4 chunks (stratified), one order per chunk, "
+                                      "-log2 p averaged over the positions step t may reveal, float16 weights, "
                                       "no tables"),
+            "heldout_estimator_from_step": HELDOUT_ESTIMATOR_FROM_STEP,
             "default_steps": int(args.default_steps),
             "valid_bpc_by_steps": by_steps, "valid_bpc_by_steps_chars": len(budget_text),
             "valid_bpc_by_steps_eval": ("exact: the information content of the coder's own tables (plan, orders, "
