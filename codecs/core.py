@@ -241,8 +241,11 @@ def bits_back_chain(prior: Codec, links: Sequence[tuple[int, Callable[[Any], Cod
     flat: a chain of thousands of links needs no recursion, and replacing one
     slot copies no other. Net growth: the sum over links of
     ``-log2 p(y_j[s] | z) + log2 q(z | y_j[s])`` plus the prior's cost.
+
+    ``links`` is any sequence (``len``, indexing, ``reversed``), read in order
+    by the encoder and in reverse by the decoder; it may make its items on
+    demand, so a long chain holds no table or closure it is not using.
     """
-    links = list(links)
 
     def push(m: Message, xs) -> Message:
         y = list(xs)

@@ -67,6 +67,7 @@ Stream layout (``encode`` output)::
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -187,6 +188,30 @@ class StepTables:
         return float(terms.sum())
 
 
+class _Links(Sequence):
+    """The links of one generation's chain, made on demand (step i's links,
+    one per slot, for i = 1..S): the tables of one step at a time, no closure
+    kept for links not in use."""
+
+    def __init__(self, coder: "DiffusionCoder", ts: np.ndarray, bounds: list, bar, enc: "_Encoding | None"):
+        self.coder, self.ts, self.bounds, self.bar, self.enc = coder, ts, bounds, bar, enc
+        self._tab: StepTables | None = None
+
+    def __len__(self) -> int:
+        return (len(self.ts) - 1) * len(self.bounds)
+
+    def __getitem__(self, k: int):
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        i, j = divmod(k, len(self.bounds))
+        i += 1
+        if self._tab is None or (self._tab.s, self._tab.t) != (int(self.ts[i - 1]), int(self.ts[i])):
+            self._tab = StepTables(self.coder.abar, self.ts[i - 1], self.ts[i])
+        tab, bd = self._tab, self.bounds[j]
+        return (j, self.coder._likelihood(tab, self.ts[i], bd, self.bar, self.enc),
+                self.coder._posterior(tab, bd, self.bar, self.enc))
+
+
 class _Encoding:
     """What only the encoder's side of a generation has: its symbols ``x``, the
     statistics dict (or None) and the growing plan."""
@@ -229,33 +254,33 @@ class DiffusionCoder:
     def _generation(self, g: int, ts: np.ndarray, block: int, bar, enc: "_Encoding | None" = None) -> Codec:
         """The codec of one generation of ``g`` symbols: the chain's steps as
         links of :func:`~amdcompress.codecs.bits_back_chain` over the slots (one
-        per network call) of :func:`blocks`, step 1's links first, then the
-        uniform prior on x_T. Link (i, slot): latent x_{t_i} ~ q(x_{t_i} |
-        x_{t_{i-1}}) (posterior), likelihood p(x_{t_{i-1}} | x_{t_i}) from the
-        network. ``enc`` (encoder only): the growing plan that watches every q
-        pop (initial-bits ledger), and the statistics."""
-        bounds = [(b0, b0 + nc * length, nc, length) for b0, nc, length in blocks(g, block)]
-        links = []
-        for i in range(1, len(ts)):
-            tab = StepTables(self.abar, ts[i - 1], ts[i])
-            for j, bd in enumerate(bounds):
-                links.append((j, self._likelihood(tab, ts[i], bd, bar, enc), self._posterior(tab, bd, bar, enc)))
+        per network call) of :func:`blocks`, step 1's links first
+        (:class:`_Links`, made on demand), then the uniform prior on x_T. Link
+        (i, slot): latent x_{t_i} ~ q(x_{t_i} | x_{t_{i-1}}) (posterior),
+        likelihood p(x_{t_{i-1}} | x_{t_i}) from the network. The decoder checks
+        that the stream can hold x_T before it lays out anything. ``enc``
+        (encoder only): the growing plan that watches every q pop (initial-bits
+        ledger), and the statistics."""
+        def bounds() -> list:
+            return [(b0, b0 + nc * length, nc, length) for b0, nc, length in blocks(g, block)]
 
-        def prior_push(m: Message, slots) -> Message:
-            return Uniform(np.full(g, K)).push(m, np.concatenate(slots))
+        def chain_codec(bds: list) -> Codec:
+            def prior_push(m: Message, slots) -> Message:
+                return Uniform(np.full(g, K)).push(m, np.concatenate(slots))
 
-        def prior_pop(m: Message):
-            m.require_bits(g * math.log2(K))  # before allocating: the stream must hold x_T of the whole generation
-            m, x = Uniform(np.full(g, K)).pop(m)
-            return m, [x[lo:hi] for lo, hi, _, _ in bounds]
+            def prior_pop(m: Message):
+                m, x = Uniform(np.full(g, K)).pop(m)
+                return m, [x[lo:hi] for lo, hi, _, _ in bds]
 
-        chain_codec = bits_back_chain(Codec(prior_push, prior_pop), links)
+            return bits_back_chain(Codec(prior_push, prior_pop), _Links(self, ts, bds, bar, enc))
 
         def push(m: Message, x: np.ndarray) -> Message:
-            return chain_codec.push(m, [x[lo:hi] for lo, hi, _, _ in bounds])
+            bds = bounds()
+            return chain_codec(bds).push(m, [x[lo:hi] for lo, hi, _, _ in bds])
 
         def pop(m: Message):
-            m, slots = chain_codec.pop(m)
+            m.require_bits(g * math.log2(K))  # before allocating: the stream must hold x_T of the whole generation
+            m, slots = chain_codec(bounds()).pop(m)
             return m, np.concatenate(slots)
 
         return Codec(push, pop)
