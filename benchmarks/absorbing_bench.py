@@ -30,22 +30,15 @@ setting.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.provenance import git_commit, machine_info, sha256_bytes, write_results  # noqa: E402
-from benchmarks.text_rows import classical_same_prefix  # noqa: E402
+from benchmarks.provenance import run_meta, sha256_bytes, write_results  # noqa: E402
+from benchmarks.text_rows import add_data_args, classical_same_prefix, read_valid  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "benchmarks" / "results"
-DEFAULT_DATA = REPO.parent / "shared" / "data"
-TEXT_FILE = "text8/valid.txt"
 MODEL = "absorbing-diffusion"
 
 
@@ -93,8 +86,7 @@ def bench_one(raw: bytes, steps: int | None, setting: str, decode: bool) -> dict
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", help="data directory (default: $AMDCOMPRESS_DATA or ../shared/data)")
-    p.add_argument("--out", default=str(DEFAULT_OUT))
+    add_data_args(p)
     p.add_argument("--chars", type=int, default=0, help="prefix of valid.txt for the per-budget rows (0: all)")
     p.add_argument("--steps", default="8,16,32,64,128,full", help="step budgets, comma-separated ('full' = L)")
     p.add_argument("--decode", choices=("all", "default"), default="all",
@@ -102,17 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--short-sizes", default="1024,20480", help="short-file sizes at the default budget ('' to skip)")
     a = p.parse_args(argv)
 
-    import importlib.metadata
-
-    import numpy as np
     import torch
 
     from amdcompress import backends
     from amdcompress.models import registry
 
-    data_dir = Path(a.data or os.environ.get("AMDCOMPRESS_DATA") or DEFAULT_DATA)
-    path = data_dir / TEXT_FILE
-    text = path.read_bytes()
+    path, text, data = read_valid(a.data)
     prefix = text[: a.chars] if a.chars else text
     newest = backends.by_name(MODEL).newest
     name = newest.name if newest is not None else f"{MODEL}-v1"
@@ -146,18 +133,11 @@ def main(argv: list[str] | None = None) -> int:
               f"+{100 * r['overhead_vs_bound']:.2f}% vs bound+header)  enc {r['encode_s']:.1f}s "
               f"({r['encode_chars_per_s']:.0f} chars/s)  {dec}  verified={r['verified']}", flush=True)
     total = time.perf_counter() - start
+    data.update(prefix_chars=len(prefix), prefix_sha256=sha256_bytes(prefix),
+                split="text8 valid (characters 10,000,000.. of text8)")
     meta = {
         "benchmark": "absorbing",
-        "data": {"file": TEXT_FILE, "path": str(path), "sha256": sha256_bytes(text),
-                 "prefix_chars": len(prefix), "prefix_sha256": sha256_bytes(prefix),
-                 "split": "text8 valid (characters 10,000,000.. of text8)"},
-        "machine": machine_info(torch_threads=1),
-        "python": platform.python_version(),
-        "libraries": {"torch": torch.__version__, "numpy": np.__version__,
-                      "constriction": importlib.metadata.version("constriction")},
-        "commit": git_commit(),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "total_s": round(total, 1),
+        **run_meta(data, torch_threads=1, total_s=round(total, 1)),
         "weights": {k: rec.get(k) for k in ("file", "sha256", "params", "steps", "minutes", "device", "threads",
                                              "default_steps", "valid_full_order_bpc", "valid_bpc_by_steps",
                                              "valid_bpc_by_steps_chars")},

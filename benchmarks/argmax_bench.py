@@ -21,17 +21,14 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.provenance import git_commit, machine_info, now, write_results  # noqa: E402
-from benchmarks.text_rows import DEFAULT_VALID as DEFAULT_DATA, round_trip_row, size_label  # noqa: E402
+from benchmarks.provenance import RESULTS_DIR, run_meta, write_results  # noqa: E402
+from benchmarks.text_rows import DEFAULT_VALID as DEFAULT_DATA, VALID_SPLIT, round_trip_row, size_label  # noqa: E402
 
 import numpy as np
 import torch
 
 from amdcompress.codecs import textstream
 from amdcompress.models.argmax import coding as ac
-
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 
 
 def _label(size: int, total: int) -> str:
@@ -120,7 +117,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     row_fn, default_sizes, default_out, notes = MODELS[args.model]
     args.sizes = args.sizes or default_sizes
-    args.out = args.out or str(RESULTS / default_out)
+    args.out = args.out or str(RESULTS_DIR / default_out)
     torch.set_num_threads(1)
     data = Path(args.data).read_bytes()
     rows = []
@@ -132,11 +129,8 @@ def main(argv=None) -> None:
         print(json.dumps({k: row[k] for k in ("setting", "bytes", "bits_per_dim", "elbo_bpc", "nll_bpc",
                                                "overhead_bpc", "encode_s", "decode_s", "verified")}), flush=True)
     meta = {
-        "data": {"file": str(args.data), "sha256": hashlib.sha256(data).hexdigest(),
-                 "split": "text8 valid.txt (chars 10M-11M of text8)"},
-        "machine": machine_info(torch_threads=1),
-        "commit": git_commit(),
-        "date": now(),
+        **run_meta({"file": str(args.data), "sha256": hashlib.sha256(data).hexdigest(), "split": VALID_SPLIT},
+                   torch_threads=1),
         "notes": {"text": notes},
     }
     write_results(Path(args.out), meta, rows)

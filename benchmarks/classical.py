@@ -90,21 +90,26 @@ def png_codec() -> Codec:
     return Codec("PNG", f"Pillow {pil_version} save(format='PNG', optimize=True)", encode, decode)
 
 
+def _imagecodecs(fmt: str, name: str, params: str, max_side: int | None = None, **options) -> Codec | None:
+    """Codec ``name`` through imagecodecs' ``{fmt}_encode(a, **options)`` and
+    ``{fmt}_decode``, or None when imagecodecs lacks the format. ``params``: the
+    settings, written as the call states them (the library version is appended)."""
+    import imagecodecs as ic
+
+    if not getattr(ic, fmt.upper()).available:
+        return None
+    encode = getattr(ic, f"{fmt}_encode")
+    version = getattr(ic, f"{fmt}_version")()
+    return Codec(name, f"imagecodecs {params}, {version}", lambda a: encode(a, **options),
+                 getattr(ic, f"{fmt}_decode"), max_side=max_side)
+
+
 def webp_codec() -> Codec | None:
     """WebP lossless at maximum effort (imagecodecs: lossless=True, level=100, method=6,
     i.e. ``cwebp -lossless -z 9``). Lossless for uint8 RGB; sides at most 16383 px.
     None when imagecodecs lacks WebP."""
-    import imagecodecs as ic
-
-    if not ic.WEBP.available:
-        return None
-    return Codec(
-        "WebP",
-        f"imagecodecs webp_encode(lossless=True, level=100, method=6), {ic.webp_version()}",
-        lambda a: ic.webp_encode(a, level=100, lossless=True, method=6),
-        ic.webp_decode,
-        max_side=16383,
-    )
+    return _imagecodecs("webp", "WebP", "webp_encode(lossless=True, level=100, method=6)", max_side=16383,
+                        level=100, lossless=True, method=6)
 
 
 def jpegxl_codec(effort: int = 9) -> Codec | None:
@@ -114,16 +119,9 @@ def jpegxl_codec(effort: int = 9) -> Codec | None:
     usual "max" setting (cjxl -e 9); libjxl 0.11 also has effort 10, much slower.
     None when imagecodecs lacks JPEG-XL.
     """
-    import imagecodecs as ic
-
-    if not ic.JPEGXL.available:
-        return None
-    return Codec(
-        f"JPEG-XL e{effort}",
-        f"imagecodecs jpegxl_encode(lossless=True, effort={effort}, numthreads=1), {ic.jpegxl_version()}",
-        lambda a: ic.jpegxl_encode(a, lossless=True, effort=effort, numthreads=1),
-        ic.jpegxl_decode,
-    )
+    return _imagecodecs("jpegxl", f"JPEG-XL e{effort}",
+                        f"jpegxl_encode(lossless=True, effort={effort}, numthreads=1)",
+                        lossless=True, effort=effort, numthreads=1)
 
 
 def jpeg2k_codec() -> Codec | None:
@@ -131,16 +129,8 @@ def jpeg2k_codec() -> Codec | None:
     reversible colour transform (level=0, reversible=True), written as a JP2 file
     (imagecodecs' default; resolution levels chosen by imagecodecs for the image size).
     None when imagecodecs lacks JPEG 2000."""
-    import imagecodecs as ic
-
-    if not ic.JPEG2K.available:
-        return None
-    return Codec(
-        "JPEG 2000",
-        f"imagecodecs jpeg2k_encode(level=0, reversible=True, numthreads=1) -> JP2, {ic.jpeg2k_version()}",
-        lambda a: ic.jpeg2k_encode(a, level=0, reversible=True, numthreads=1),
-        ic.jpeg2k_decode,
-    )
+    return _imagecodecs("jpeg2k", "JPEG 2000", "jpeg2k_encode(level=0, reversible=True, numthreads=1) -> JP2",
+                        level=0, reversible=True, numthreads=1)
 
 
 def image_codecs() -> list[Codec]:

@@ -23,22 +23,15 @@ since their rates on a short prefix differ from the full-file rows.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.provenance import git_commit, machine_info, sha256_bytes, write_results  # noqa: E402
-from benchmarks.text_rows import classical_same_prefix, round_trip_row  # noqa: E402
+from benchmarks.provenance import run_meta, write_results  # noqa: E402
+from benchmarks.text_rows import add_data_args, classical_same_prefix, read_valid, round_trip_row  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "benchmarks" / "results"
-DEFAULT_DATA = REPO.parent / "shared" / "data"
-TEXT_FILE = "text8/valid.txt"
 
 
 def bench_one(raw: bytes, steps: int, setting: str, weights: dict) -> dict:
@@ -63,24 +56,18 @@ def bench_one(raw: bytes, steps: int, setting: str, weights: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", help="data directory (default: $AMDCOMPRESS_DATA or ../shared/data)")
-    p.add_argument("--out", default=str(DEFAULT_OUT))
+    add_data_args(p)
     p.add_argument("--chars", type=int, default=4096, help="prefix of valid.txt for the per-steps rows")
     p.add_argument("--steps", default="25,50,100", help="chain lengths, comma-separated")
     p.add_argument("--overhead-sizes", default="1024,20480", help="file sizes for the initial-bits rows ('' to skip)")
     p.add_argument("--overhead-steps", type=int, default=10)
     a = p.parse_args(argv)
 
-    import importlib.metadata
-
-    import numpy as np
     import torch
 
     from amdcompress.models import registry
 
-    data_dir = Path(a.data or os.environ.get("AMDCOMPRESS_DATA") or DEFAULT_DATA)
-    path = data_dir / TEXT_FILE
-    text = path.read_bytes()
+    path, text, data = read_valid(a.data)
     name = "diffusion-v1"
     if not registry.available(name):
         print("error: the diffusion weights are not installed (models/weights/diffusion-v1.*)", file=sys.stderr)
@@ -102,18 +89,11 @@ def main(argv: list[str] | None = None) -> int:
               f"({r['encode_chars_per_s']:.0f}/{r['decode_chars_per_s']:.0f} chars/s)  verified={r['verified']}",
               flush=True)
     total = time.perf_counter() - start
+    data["split"] = (f"text8 valid (characters 10,000,000.. of text8): prefixes of {a.chars:,} chars "
+                     f"(per-steps rows) and {a.overhead_sizes} chars (overhead rows)")
     meta = {
         "benchmark": "diffusion",
-        "data": {"file": TEXT_FILE, "path": str(path), "sha256": sha256_bytes(text),
-                 "split": f"text8 valid (characters 10,000,000.. of text8): prefixes of {a.chars:,} chars "
-                          f"(per-steps rows) and {a.overhead_sizes} chars (overhead rows)"},
-        "machine": machine_info(),
-        "python": platform.python_version(),
-        "libraries": {"torch": torch.__version__, "numpy": np.__version__,
-                      "constriction": importlib.metadata.version("constriction")},
-        "commit": git_commit(),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "total_s": round(total, 1),
+        **run_meta(data, total_s=round(total, 1)),
         "weights": {k: rec.get(k) for k in ("file", "sha256", "params", "steps", "minutes", "device",
                                              "valid_elbo_bpc", "valid_chars", "note")},
         "notes": {"text": [

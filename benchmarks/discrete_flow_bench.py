@@ -23,8 +23,8 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.provenance import git_commit, machine_info, now, write_results  # noqa: E402
-from benchmarks.text_rows import DEFAULT_VALID as DEFAULT_DATA, round_trip_row, size_label  # noqa: E402
+from benchmarks.provenance import RESULTS_DIR, run_meta, write_results  # noqa: E402
+from benchmarks.text_rows import DEFAULT_VALID as DEFAULT_DATA, VALID_SPLIT, round_trip_row, size_label  # noqa: E402
 
 import numpy as np
 import torch
@@ -34,9 +34,6 @@ from amdcompress import backends
 from amdcompress.learned import LearnedBackend
 from amdcompress.models import registry
 from amdcompress.models.discrete_flow import coding as dc
-
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 
 
 _setting = size_label
@@ -69,7 +66,7 @@ def main(argv=None) -> None:
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--sizes", default="20480,0", help="bytes from the start; 0 = whole file")
     p.add_argument("--variant", action="append", default=[], help="PATH:SIZE, another weights file")
-    p.add_argument("--out", default=str(RESULTS / "discrete_flow.json"))
+    p.add_argument("--out", default=str(RESULTS_DIR / "discrete_flow.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     data = Path(args.data).read_bytes()
@@ -96,11 +93,8 @@ def main(argv=None) -> None:
                                                "encode_chars_per_s", "decode_chars_per_s", "verified")}), flush=True)
     backends._REGISTRY["discrete-flow"] = shipped
     meta = {
-        "data": {"file": str(args.data), "sha256": hashlib.sha256(data).hexdigest(),
-                 "split": "text8 valid.txt (chars 10M-11M of text8)"},
-        "machine": machine_info(torch_threads=1),
-        "commit": git_commit(),
-        "date": now(),
+        **run_meta({"file": str(args.data), "sha256": hashlib.sha256(data).hexdigest(), "split": VALID_SPLIT},
+                   torch_threads=1),
         "command": "python benchmarks/discrete_flow_bench.py " + " ".join(argv if argv is not None else
                                                                          sys.argv[1:]),
         "notes": {"text": [

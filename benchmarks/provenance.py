@@ -14,9 +14,10 @@ from pathlib import Path
 
 from amdcompress.models.registry import sha256_file  # noqa: F401  (re-exported)
 
-__all__ = ["git_commit", "machine_info", "now", "sha256_bytes", "sha256_file"]
+__all__ = ["RESULTS_DIR", "git_commit", "machine_info", "now", "run_meta", "sha256_bytes", "sha256_file"]
 
 REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "benchmarks" / "results"
 
 
 def sha256_bytes(b: bytes) -> str:
@@ -66,6 +67,27 @@ def machine_info(**extra) -> dict:
 def now() -> str:
     """UTC time, ISO 8601, seconds."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def run_meta(data: dict, torch_threads: int | None = None, **extra) -> dict:
+    """The provenance part of a learned-model benchmark's ``meta``: the data
+    record, the machine (with the torch thread count, when given), Python, the
+    numeric libraries, commit and date; then ``extra`` (totals, notes ...)."""
+    import importlib.metadata
+
+    import numpy
+    import torch
+
+    return {
+        "data": data,
+        "machine": machine_info(torch_threads=torch_threads) if torch_threads is not None else machine_info(),
+        "python": platform.python_version(),
+        "libraries": {"torch": torch.__version__, "numpy": numpy.__version__,
+                      "constriction": importlib.metadata.version("constriction")},
+        "commit": git_commit(),
+        "date": now(),
+        **extra,
+    }
 
 
 def write_results(path: Path, meta: dict, rows: list) -> Path:

@@ -4,12 +4,41 @@ actual ``.amd`` size, speed, and how the file splits into header, model stream
 and escapes. The ``*_bench.py`` scripts add their model's own measurements."""
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
-DEFAULT_VALID = Path(os.environ.get("AMDCOMPRESS_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data") \
-    / "text8" / "valid.txt"
+TEXT_FILE = "text8/valid.txt"
+VALID_SPLIT = "text8 valid.txt (chars 10M-11M of text8)"
+
+
+def data_dir(arg: str | None = None) -> Path:
+    """The data directory: ``arg``, else ``$AMDCOMPRESS_DATA``, else ../shared/data
+    (:func:`amdcompress.models.datasets.shared_data_dir`)."""
+    from amdcompress.models.datasets import shared_data_dir
+
+    return Path(arg) if arg else shared_data_dir()
+
+
+DEFAULT_VALID = data_dir() / TEXT_FILE
+
+
+def add_data_args(p) -> None:
+    """``--data`` (the data directory) and ``--out`` (the results directory) of a text benchmark."""
+    from benchmarks.provenance import RESULTS_DIR
+
+    p.add_argument("--data", help="data directory (default: $AMDCOMPRESS_DATA or ../shared/data)")
+    p.add_argument("--out", default=str(RESULTS_DIR))
+
+
+def read_valid(arg: str | None = None) -> tuple[Path, bytes, dict]:
+    """``(path, text, data record)`` of text8's valid.txt in the data directory
+    ``arg`` (see :func:`data_dir`); the record names the file and its SHA-256
+    (the ``data`` of a result file's meta; callers add what prefix they use)."""
+    import hashlib
+
+    path = data_dir(arg) / TEXT_FILE
+    text = path.read_bytes()
+    return path, text, {"file": TEXT_FILE, "path": str(path), "sha256": hashlib.sha256(text).hexdigest()}
 
 
 def classical_same_prefix(raw: bytes) -> dict:

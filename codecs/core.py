@@ -223,6 +223,165 @@ def bits_back(
     return bits_back_joint(swapped(chained(prior, likelihood)), posterior)
 
 
+def bits_back_chain(prior: Codec, links: Sequence[tuple[int, Callable[[Any], Codec], Callable[[Any], Codec]]]) -> Codec:
+    """Bits-back along a Markov chain of latents, one slot at a time.
+
+    The data is a sequence of slots ``y_0 = x``. Link ``j = (s, likelihood,
+    posterior)`` turns ``y_j`` into ``y_{j+1}`` by replacing slot ``s`` with a
+    latent ``z ~ posterior(y_j[s])``; ``likelihood(z)`` codes ``y_j[s]`` given it,
+    and ``prior`` codes the last ``y_L`` (a list of slots)::
+
+        push: for j = 1..L: pop z ~ posterior_j(y[s]); push y[s] under likelihood_j(z); y[s] = z
+              push y under the prior
+        pop:  pop y under the prior
+              for j = L..1: pop x ~ likelihood_j(y[s]); push y[s] under posterior_j(x); y[s] = x
+
+    Bit for bit the nested ``bits_back(bits_back(... bits_back(prior, lik_L,
+    post_L) ...), lik_1, post_1)`` over whole slot lists (a test pins it), but
+    flat: a chain of thousands of links needs no recursion, and replacing one
+    slot copies no other. Net growth: the sum over links of
+    ``-log2 p(y_j[s] | z) + log2 q(z | y_j[s])`` plus the prior's cost.
+
+    ``links`` is any sequence (``len``, indexing, ``reversed``), read in order
+    by the encoder and in reverse by the decoder; it may make its items on
+    demand, so a long chain holds no table or closure it is not using.
+    """
+
+    def push(m: Message, xs) -> Message:
+        y = list(xs)
+        for s, likelihood, posterior in links:
+            m, z = posterior(y[s]).pop(m)
+            m = likelihood(z).push(m, y[s])
+            y[s] = z
+        return prior.push(m, y)
+
+    def pop(m: Message):
+        m, y = prior.pop(m)
+        y = list(y)
+        for s, likelihood, posterior in reversed(links):
+            m, x = likelihood(y[s]).pop(m)
+            m = posterior(x).push(m, y[s])
+            y[s] = x
+        return m, y
+
+    return Codec(push, pop)
+
+
+def generations(piece: Callable[[int, int], Codec], sizes, backwards=None) -> Codec:
+    """Code a 1-D array as consecutive pieces ("generations") on one stack:
+    piece ``(start, size)`` under ``piece(start, size)``; the encoder pushes
+    them first to last, the decoder pops them last to first, so every piece's
+    pops (bits-back) are paid by what the pieces before it pushed, and only
+    the first ones draw on the initial bits.
+
+    ``sizes``: a sequence of piece sizes (decoder: the plan the stream records),
+    or a :class:`GrowingPlan` (encoder only), which picks each size as the
+    message grows and records it in ``plan.sizes``. ``backwards`` (decoder,
+    optional): the pieces as ``(start, size)`` pairs, last first, in place of
+    ``sizes``; an iterator may produce them lazily, so a forged length costs
+    nothing before the stream runs out. The decoder holds no more than the
+    pieces it has popped (memory grows with the stream)."""
+
+    def push(m: Message, x) -> Message:
+        x = np.asarray(x)
+        if isinstance(sizes, GrowingPlan):
+            sizes.start(m, x.size)
+            while (g := sizes.next_size(m)) > 0:
+                lo = sizes.done
+                m = piece(lo, g).push(m, x[lo : lo + g])
+                sizes.piece_done(g)
+            return m
+        lo = 0
+        for g in sizes:
+            m = piece(lo, g).push(m, x[lo : lo + g])
+            lo += g
+        if lo != x.size:
+            raise ValueError("generations: the sizes do not add up to the data")
+        return m
+
+    def pop(m: Message):
+        if isinstance(sizes, GrowingPlan):
+            raise TypeError("a GrowingPlan is for the encoder; decode with the recorded sizes")
+        order = backwards
+        if order is None:
+            sz = [int(g) for g in sizes]
+            starts = np.concatenate([[0], np.cumsum(sz, dtype=np.int64)[:-1]]).tolist() if sz else []
+            order = zip(reversed(starts), reversed(sz))
+        out = []
+        for lo, g in order:
+            m, x = piece(int(lo), int(g)).pop(m)
+            out.append(np.asarray(x))
+        return m, (np.concatenate(out[::-1]) if out else np.zeros(0, dtype=np.int64))
+
+    return Codec(push, pop)
+
+
+class GrowingPlan:
+    """The encoder's plan of growing generations, with its initial-bits ledger.
+
+    A bits-back piece first *draws* on the message (its pops run ahead of its
+    pushes) and pays back later. The ledger keeps the deepest the message went
+    below its size when a piece started (:meth:`watched` pops note it) and the
+    lowest the message has been overall (:attr:`floor`): the bits above that
+    floor are the surplus the next piece may draw on. The first piece has
+    ``first`` symbols (paid by the initial bits); each later one as many as the
+    surplus covers at the worst debt per symbol seen so far times ``safety``
+    (at least ``min_rate`` bits a symbol), rounded down to a multiple of
+    ``align`` once it reaches ``align``, and at least ``first``. Pieces grow
+    geometrically: a stream needs O(log n) of them, and only the first one's
+    debt is overhead.
+    """
+
+    def __init__(self, first: int, *, safety: float = 1.1, align: int = 1, min_rate: float = 0.05):
+        self.first, self.safety, self.align, self.min_rate = int(first), float(safety), int(align), float(min_rate)
+        self.sizes: list[int] = []
+        self.n = self.done = 0
+        self.floor = self.before = self.peak = 0
+        self.worst = 0.0
+
+    def start(self, m: Message, n: int) -> None:
+        self.sizes, self.n, self.done = [], int(n), 0
+        self.floor = m.num_bits()
+        self.worst = 0.0
+
+    def next_size(self, m: Message) -> int:
+        """The size of the next piece (0: all done); starts its ledger."""
+        left = self.n - self.done
+        if left <= 0:
+            return 0
+        if not self.sizes:
+            g = self.first
+        else:
+            rate = max(self.worst * self.safety, self.min_rate)
+            g = max(self.first, int((m.num_bits() - self.floor) / rate))
+            if g >= self.align:
+                g -= g % self.align
+        self.before, self.peak = m.num_bits(), 0
+        return min(g, left)
+
+    def note(self, m: Message) -> None:
+        """After a pop inside the current piece: how deep the message went."""
+        self.peak = max(self.peak, self.before - m.num_bits())
+
+    def watched(self, codec: Codec) -> Codec:
+        """``codec``, noting the message's depth after each pop: wrap the
+        codecs whose pops the encoder runs (a bits-back posterior), so that
+        the ledger sees every draw on the message."""
+
+        def pop(m: Message):
+            m, x = codec.pop(m)
+            self.note(m)
+            return m, x
+
+        return Codec(codec.push, pop)
+
+    def piece_done(self, g: int) -> None:
+        self.floor = min(self.floor, self.before - self.peak)
+        self.worst = max(self.worst, self.peak / g)
+        self.sizes.append(int(g))
+        self.done += int(g)
+
+
 def information_bits(counts: np.ndarray, symbols) -> float:
     """Exact information content, in bits, of ``symbols`` under a count table:
     what an ideal coder spends (the ANS coder is within a fraction of a percent)."""

@@ -186,6 +186,23 @@ class Message:
         if self.coder.num_valid_bits() - self.floor + 64 < bits:
             raise MessageUnderflowError("ANS stream too short for the symbols its header claims")
 
+    # -- initial bits -----------------------------------------------------
+    @staticmethod
+    def _seed_prefix(w: np.ndarray) -> int:
+        """Length of the longest prefix of ``w`` shared with the initial-bits stream."""
+        if not len(w):
+            return 0
+        diff = np.flatnonzero(w != seed_words(len(w)))
+        return int(diff[0]) if len(diff) else len(w)
+
+    def initial_words_used(self, n_words: int) -> int:
+        """Initial-bits words an encoder's message that started as
+        :meth:`seeded` (``n_words``) has consumed so far: the seed words no
+        longer intact at the bottom of the stack, what the file pays for
+        (the initial-bits accounting every bits-back model reports)."""
+        k = self._seed_prefix(self.words())
+        return n_words - k if k <= n_words else 0
+
     # -- serialization ----------------------------------------------------
     def to_bytes(self, *, seed_prefix: bool = True) -> bytes:
         """Serialize: varint(k) + words[k:] little-endian, where words[:k] is the
@@ -199,11 +216,7 @@ class Message:
         that never rest on the initial-bits stream, read back with the same flag.
         """
         w = self.words()
-        k = 0
-        if seed_prefix and len(w):
-            ref = seed_words(len(w))
-            diff = np.flatnonzero(w != ref)
-            k = int(diff[0]) if len(diff) else len(w)
+        k = self._seed_prefix(w) if seed_prefix else 0
         body = w[k:].astype("<u4").tobytes()
         trim = 0
         while body and trim < 3 and body[len(body) - 1 - trim] == 0:

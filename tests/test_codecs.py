@@ -171,6 +171,129 @@ def test_seeded_message_stores_only_consumed_initial_bits():
     assert len(m.to_bytes()) <= 3 + 4 * 5  # the pop consumed 80 bits; the rest of the seed is not stored
 
 
+def _toy_chain(rng, n_slots, n_links, size):
+    """Random links over slots of ``size`` symbols in 0..5: (slot, likelihood, posterior)
+    with tables chosen by the conditioning symbols (so every link depends on its input)."""
+    links = []
+    for _ in range(n_links):
+        lik = C.categorical_from_logits(rng.normal(scale=2, size=(6, 6)))   # row z: p(x | z)
+        post = C.categorical_from_logits(rng.normal(scale=2, size=(6, 6)))  # row x: q(z | x)
+        links.append((int(rng.integers(0, n_slots)),
+                      lambda z, t=lik: C.Categorical(t[np.asarray(z)]),
+                      lambda x, t=post: C.Categorical(t[np.asarray(x)])))
+    prior = C.serial([C.Uniform(np.full(size, 6)) for _ in range(n_slots)])
+    return links, prior
+
+
+def _nested_chain(prior, links):
+    """The same chain as nested bits_back over whole slot lists (the definition)."""
+    codec = prior
+    for s, lik, post in reversed(links):
+        def at(f, s=s):  # a codec of the whole list that codes only slot s given the other list's slot s
+            def make(other):
+                c = f(other[s])
+
+                def push(m, xs):
+                    return c.push(m, xs[s])
+
+                def pop(m):
+                    m, v = c.pop(m)
+                    out = list(other)
+                    out[s] = v
+                    return m, out
+
+                return C.Codec(push, pop)
+
+            return make
+
+        codec = C.bits_back(codec, at(lik), at(post))
+    return codec
+
+
+@pytest.mark.parametrize("n_slots,n_links", [(1, 1), (1, 7), (3, 12), (4, 1)])
+def test_bits_back_chain_is_nested_bits_back(n_slots, n_links):
+    rng = np.random.default_rng(n_slots * 100 + n_links)
+    size = 20
+    links, prior = _toy_chain(rng, n_slots, n_links, size)
+    x = [rng.integers(0, 6, size) for _ in range(n_slots)]
+    flat = C.bits_back_chain(prior, links).push(C.Message.seeded(200), x)
+    nested = _nested_chain(prior, links).push(C.Message.seeded(200), x)
+    assert flat == nested and flat.to_bytes() == nested.to_bytes()
+    back, y = C.bits_back_chain(prior, links).pop(C.Message.from_bytes(flat.to_bytes()))
+    assert all(np.array_equal(a, b) for a, b in zip(x, y)) and len(y) == n_slots
+    assert back.is_seed_remainder(200)
+
+
+def test_bits_back_chain_with_no_links_is_the_prior():
+    prior = C.serial([C.Uniform(np.full(5, 6))])
+    x = [np.arange(5)]
+    assert C.bits_back_chain(prior, []).push(C.Message.empty(), x) == prior.push(C.Message.empty(), x)
+
+
+def _piece_codec(rng_seed=3, watch=lambda codec: codec):
+    """Bits-back pieces: each symbol in 0..7 with a latent in 0..7 (tables fixed per
+    piece size); ``watch`` wraps the posterior, whose pops the encoder runs."""
+    def piece(lo, g):
+        r = np.random.default_rng(rng_seed + g)
+        pz = C.categorical_from_logits(r.normal(size=(g, 8)))
+        px_z = C.categorical_from_logits(r.normal(scale=2, size=(8, 8)))
+        qz_x = C.categorical_from_logits(r.normal(scale=2, size=(8, 8)))
+        return C.bits_back(C.Categorical(pz), lambda z: C.Categorical(px_z[np.asarray(z)]),
+                           lambda x: watch(C.Categorical(qz_x[np.asarray(x)])))
+    return piece
+
+
+def test_generations_push_in_order_and_pop_in_reverse():
+    rng = np.random.default_rng(4)
+    piece = _piece_codec()
+    x = rng.integers(0, 8, 100)
+    sizes = [10, 30, 60]
+    m = C.generations(piece, sizes).push(C.Message.seeded(100), x)
+    by_hand = C.Message.seeded(100)
+    for lo, g in [(0, 10), (10, 30), (40, 60)]:
+        by_hand = piece(lo, g).push(by_hand, x[lo : lo + g])
+    assert m == by_hand
+    back, y = C.generations(piece, sizes).pop(C.Message.from_bytes(m.to_bytes()))
+    assert np.array_equal(y, x) and back.is_seed_remainder(100)
+    lazy = iter([(40, 60), (10, 30), (0, 10)])
+    _, y2 = C.generations(piece, None, backwards=lazy).pop(C.Message.from_bytes(m.to_bytes()))
+    assert np.array_equal(y2, x)
+    with pytest.raises(ValueError):
+        C.generations(piece, [10, 30]).push(C.Message.seeded(100), x)
+
+
+def test_growing_plan_grows_and_its_sizes_decode():
+    rng = np.random.default_rng(5)
+    piece = _piece_codec()
+    x = rng.integers(0, 8, 5000)
+    plan = C.GrowingPlan(16, align=64)
+    watched = _piece_codec(watch=lambda codec: plan.watched(codec))  # the ledger sees every encoder pop
+    m = C.generations(watched, plan).push(C.Message.seeded(400), x)
+    sizes = plan.sizes
+    assert sizes[0] == 16 and sum(sizes) == x.size and len(sizes) < 15
+    assert all(g % 64 == 0 for g in sizes[1:-1] if g >= 64)
+    assert sizes[2] > sizes[1] > 0
+    assert 0 < m.initial_words_used(400) <= 400
+    back, y = C.generations(piece, sizes).pop(C.Message.from_bytes(m.to_bytes()))
+    assert np.array_equal(y, x) and back.is_seed_remainder(400)
+    with pytest.raises(TypeError):
+        C.generations(piece, plan).pop(m)
+    # without the ledger's watch the plan sees no debt (only the floor rate): it grows faster
+    blind = C.GrowingPlan(16, align=64)
+    C.generations(piece, blind).push(C.Message.seeded(400), x)
+    assert blind.sizes[1] > sizes[1] and plan.worst > blind.worst == 0.0
+
+
+def test_initial_words_used_counts_the_consumed_seed():
+    m = C.Message.seeded(50)
+    assert m.initial_words_used(50) == 0
+    m, _ = C.Categorical(C.uniform_counts(10, 256)).pop(m)  # 80 bits
+    used = m.initial_words_used(50)
+    assert 3 <= used <= 5
+    k = int.from_bytes(m.to_bytes()[:1], "little")  # the stored seed-prefix count (< 128: one varint byte)
+    assert used == 50 - k
+
+
 # ---------------------------------------------------------------- stream heads
 @SETTINGS
 @given(st.integers(0, 255), st.lists(st.integers(0, 2**40), min_size=1, max_size=4))

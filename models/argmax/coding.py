@@ -264,15 +264,10 @@ def encode_symbols(model: ArgmaxFlow, tables: dict, sym: np.ndarray, progress=No
             _tick(bar, A)
     if bar is not None and hasattr(bar, "close"):
         bar.close()
-    body = m.to_bytes()
+    out = write_head(STREAM_VERSION, n, L) + m.to_bytes()
     if stats is not None:
-        words_left = read_varint(body, 0, ValueError)[0]
         stats.update({"lanes": L, "lane_len": T, "info_bits": info, "message_bits": m.num_bits() - start_bits,
-                      "initial_words_used": seed_words_for(L) - words_left if words_left <= seed_words_for(L) else 0,
-                      "stream_bytes": 0})
-    out = write_head(STREAM_VERSION, n, L) + body
-    if stats is not None:
-        stats["stream_bytes"] = len(out)
+                      "initial_words_used": m.initial_words_used(seed_words_for(L)), "stream_bytes": len(out)})
     return out
 
 

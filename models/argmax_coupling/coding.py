@@ -10,8 +10,8 @@ last chunk may be partial)::
     decode chunk c:  pop z under the base;  k = f^-1(z);  x = sign pattern of k
                      push k back under Q(k | x)
 
-Chunks are chained on one ANS stack (the encoder goes 0..C-1, the decoder
-C-1..0): each chunk's pops are paid by what the chunks before it pushed, and
+Chunks are chained on one ANS stack (:func:`amdcompress.codecs.generations`:
+the encoder goes 0..C-1, the decoder C-1..0): each chunk's pops are paid by what the chunks before it pushed, and
 only the deficit comes from the initial bits (:meth:`Message.seeded`; the file
 pays for the seed words actually consumed). The chunks grow during a warm-up
 (:func:`~.argmax_coupling.chunk_sizes`: 16 characters, then at most 16 + 1/8
@@ -48,9 +48,10 @@ import math
 import numpy as np
 import torch
 
-from amdcompress.codecs import Categorical, Codec, CorruptStreamError, Message, Windowed, bits_back_joint, observed
+from amdcompress.codecs import (Categorical, Codec, CorruptStreamError, Message, Windowed, bits_back_joint, generations,
+                               observed)
 from amdcompress.codecs.distributions import TOTAL, det_exp, windowed_logistic_mixture_counts
-from amdcompress.codecs.varint import read_head, read_varint, write_head
+from amdcompress.codecs.varint import read_head, write_head
 
 from ..argmax.network import BITS, K
 from ..argmax.coding import PARAM_GRID, build_coding_tables, q_support
@@ -242,26 +243,34 @@ class Coder:
         m = Message.seeded(seed)
         start_bits = m.num_bits()
         bar = progress(n) if progress is not None else None
-        info = 0.0
-        for s, nv in chunks:
+        info = [0.0]
+
+        def chunk(s: int, nv: int) -> Codec:
             drawn: list = []
             latents: list = []
-            m = bits_back_joint(self._joint(nv, latents), lambda x: observed(self._q(x), drawn)).push(m, sym[s : s + nv])
-            if stats is not None:
-                qc = self.q_counts[self._q_nodes(sym[s : s + nv])[1].reshape(-1)]
-                info += self.base.info_bits(nv, latents[0]) + float(
-                    np.log2(qc[np.arange(qc.shape[0]), drawn[0]] / TOTAL).sum())
-            if bar is not None:
-                bar.update(nv)
+            codec = bits_back_joint(self._joint(nv, latents), lambda x: observed(self._q(x), drawn))
+
+            def push(m: Message, x) -> Message:
+                m = codec.push(m, x)
+                if stats is not None:
+                    qc = self.q_counts[self._q_nodes(x)[1].reshape(-1)]
+                    info[0] += self.base.info_bits(nv, latents[0]) + float(
+                        np.log2(qc[np.arange(qc.shape[0]), drawn[0]] / TOTAL).sum())
+                if bar is not None:
+                    bar.update(nv)
+                return m
+
+            return Codec(push, codec.pop)
+
+        m = generations(chunk, [nv for _, nv in chunks]).push(m, sym)
         if bar is not None and hasattr(bar, "close"):
             bar.close()
-        body = m.to_bytes()
-        out = write_head(STREAM_VERSION, n) + body
+        info = info[0]
+        out = write_head(STREAM_VERSION, n) + m.to_bytes()
         if stats is not None:
-            left = read_varint(body, 0, ValueError)[0]
             stats.update({"chunks": len(chunks), "chunk": self.L, "info_bits": info,
                           "message_bits": m.num_bits() - start_bits,
-                          "initial_words_used": seed - left if left <= seed else 0, "stream_bytes": len(out)})
+                          "initial_words_used": m.initial_words_used(seed), "stream_bytes": len(out)})
         return out
 
     # -- decoder -----------------------------------------------------------------------
@@ -275,18 +284,27 @@ class Coder:
         if n == 0:
             return np.zeros(0, dtype=np.int64)
         m = Message.from_bytes(stream[pos:], seeded=True)  # pops below the seed prefix raise at once
-        pieces = []  # decoded chunks, last first: memory grows with the stream, not with the claimed n
         bar = progress(n) if progress is not None else None
-        for s, nv in self._chunks_reversed(n):
-            m, x = bits_back_joint(self._joint(nv), self._q).pop(m)
-            pieces.append(x)
-            if bar is not None:
+
+        def chunk(s: int, nv: int) -> Codec:
+            codec = bits_back_joint(self._joint(nv), self._q)
+            if bar is None:
+                return codec
+
+            def pop(m: Message):
+                m, x = codec.pop(m)
                 bar.update(nv)
+                return m, x
+
+            return Codec(codec.push, pop)
+
+        # chunks last first, lazily: memory grows with the stream, not with the claimed n
+        m, sym = generations(chunk, None, backwards=self._chunks_reversed(n)).pop(m)
         if bar is not None and hasattr(bar, "close"):
             bar.close()
         if not m.is_seed_remainder(seed_words_for(self.L)):
             raise CorruptStreamError("stream not consumed exactly")
-        return np.concatenate(pieces[::-1])
+        return sym
 
 
 # -- weights -----------------------------------------------------------------------------

@@ -12,6 +12,13 @@ steps p(x_{t_{i-1}} | x_{t_i}) (:mod:`.diffusion`)::
             for i = S..1:  pop  x_{t_{i-1}} ~ p(x_{t_{i-1}} | x_{t_i})
                            push x_{t_i}     under q(x_{t_i} | x_{t_{i-1}})
 
+In codecs: one generation is :func:`amdcompress.codecs.bits_back_chain` (the
+nested :func:`~amdcompress.codecs.bits_back` of the chain, flat) with the uniform
+prior, and the generations are :func:`amdcompress.codecs.generations` with a
+:class:`amdcompress.codecs.GrowingPlan` (the initial-bits ledger) choosing their
+sizes. Written that way, the coder writes the same bytes as the loops it
+replaced (stream version 1 is unchanged).
+
 The message is a stack: the decoder's first pop undoes the encoder's last push,
 and each decoder step (pop x_{t_{i-1}}, push x_{t_i}) undoes the encoder's step i
 in reverse, restoring the message to what it was before that step. Net growth:
@@ -60,17 +67,19 @@ Stream layout (``encode`` output)::
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from amdcompress.codecs import Categorical, Message, Uniform, det_exp, quantize_weights
+from amdcompress.codecs import (Categorical, Codec, GrowingPlan, Message, Uniform, bits_back_chain, det_exp, generations,
+                               quantize_weights)
 from amdcompress.codecs.core import information_bits
 from amdcompress.codecs.errors import AmdError
 
 from ..determinism import coding_mode
 from .network import CHUNK, K, Denoiser, chain
-from amdcompress.codecs.varint import read_varint, write_varint
+from amdcompress.codecs.varint import read_varint, write_head, write_varint
 
 VERSION = 1
 GRID_BITS = 12           # log-probabilities are rounded to multiples of 2^-GRID_BITS
@@ -162,9 +171,6 @@ class StepTables:
         trans[np.arange(len(x_t)), x_t] = self.on
         return w * trans
 
-    def p_counts(self, logp_rounded: np.ndarray, x_t: np.ndarray) -> np.ndarray:
-        return quantize_weights(self.p_weights(logp_rounded, x_t))
-
     def kl_bits(self, w: np.ndarray, x_t: np.ndarray, x0: np.ndarray) -> float:
         """Statistics only (not a coding path): sum over rows of
         KL(q(x_s|x_t,x_0) || p(x_s|x_t)) in bits, p given by weights ``w``."""
@@ -180,6 +186,42 @@ class StepTables:
         with np.errstate(divide="ignore", invalid="ignore"):
             terms = np.where(q > 0, q * (np.log2(q) - np.log2(p)), 0.0)
         return float(terms.sum())
+
+
+class _Links(Sequence):
+    """The links of one generation's chain, made on demand (step i's links,
+    one per slot, for i = 1..S): the tables of one step at a time, no closure
+    kept for links not in use."""
+
+    def __init__(self, coder: "DiffusionCoder", ts: np.ndarray, bounds: list, bar, enc: "_Encoding | None"):
+        self.coder, self.ts, self.bounds, self.bar, self.enc = coder, ts, bounds, bar, enc
+        self._tab: StepTables | None = None
+
+    def __len__(self) -> int:
+        return (len(self.ts) - 1) * len(self.bounds)
+
+    def __getitem__(self, k: int):
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        i, j = divmod(k, len(self.bounds))
+        i += 1
+        if self._tab is None or (self._tab.s, self._tab.t) != (int(self.ts[i - 1]), int(self.ts[i])):
+            self._tab = StepTables(self.coder.abar, self.ts[i - 1], self.ts[i])
+        tab, bd = self._tab, self.bounds[j]
+        return (j, self.coder._likelihood(tab, self.ts[i], bd, self.bar, self.enc),
+                self.coder._posterior(tab, bd, self.bar, self.enc))
+
+
+class _Encoding:
+    """What only the encoder's side of a generation has: its symbols ``x``, the
+    statistics dict (or None) and the growing plan."""
+
+    def __init__(self, x: np.ndarray, stats: dict | None, plan: GrowingPlan):
+        self.x, self.stats, self.plan = x, stats, plan
+
+    def add(self, **bits: float) -> None:
+        for k, v in bits.items():
+            self.stats[k] = self.stats.get(k, 0.0) + v
 
 
 class DiffusionCoder:
@@ -208,59 +250,79 @@ class DiffusionCoder:
         on, off = ab + (1 - ab) / K, (1 - ab) / K
         return -(on * math.log2(on) + ((K - 1) * off * math.log2(off) if off > 0 else 0.0))
 
-    # -- one generation ------------------------------------------------------
-    def _encode_gen(self, m: Message, x: np.ndarray, ts: np.ndarray, stats, bar) -> tuple[Message, int]:
-        """Run the whole chain for the symbols x (one generation of chunks);
-        returns the message and the deepest the message went below its
-        starting size (bits)."""
-        start = m.num_bits()
-        peak = 0
-        blks = blocks(x.size, self.block)
-        x0 = x
-        elbo = ideal = 0.0
-        for i in range(1, len(ts)):
-            tab = StepTables(self.abar, ts[i - 1], ts[i])
-            nxt = np.empty_like(x)
-            for b0, nc, length in blks:
-                sl = slice(b0, b0 + nc * length)
-                xs = x[sl]
-                qc = tab.q_counts(xs)
-                m, xt = Categorical(qc).pop(m)
-                peak = max(peak, start - m.num_bits())
-                w = tab.p_weights(self._logp(xt, ts[i], nc, length), xt)
-                pc = quantize_weights(w)
-                Categorical(pc).push(m, xs)
-                nxt[sl] = xt
-                if stats is not None:
-                    elbo += tab.kl_bits(w, xt, x0[sl])
-                    ideal += information_bits(pc, xs) - information_bits(qc, xt)
-            x = nxt
-            if bar is not None:
-                bar.add(x.size)
-        Uniform(np.full(x.size, K)).push(m, x)
-        if stats is not None:
-            stats["elbo_bits"] = stats.get("elbo_bits", 0.0) + elbo
-            stats["ideal_bits"] = stats.get("ideal_bits", 0.0) + ideal + x.size * math.log2(K)
-        return m, peak
+    # -- one generation: a bits-back chain (codecs.bits_back_chain) ---------
+    def _generation(self, g: int, ts: np.ndarray, block: int, bar, enc: "_Encoding | None" = None) -> Codec:
+        """The codec of one generation of ``g`` symbols: the chain's steps as
+        links of :func:`~amdcompress.codecs.bits_back_chain` over the slots (one
+        per network call) of :func:`blocks`, step 1's links first
+        (:class:`_Links`, made on demand), then the uniform prior on x_T. Link
+        (i, slot): latent x_{t_i} ~ q(x_{t_i} | x_{t_{i-1}}) (posterior),
+        likelihood p(x_{t_{i-1}} | x_{t_i}) from the network. The decoder checks
+        that the stream can hold x_T before it lays out anything. ``enc``
+        (encoder only): the growing plan that watches every q pop (initial-bits
+        ledger), and the statistics."""
+        def bounds() -> list:
+            return [(b0, b0 + nc * length, nc, length) for b0, nc, length in blocks(g, block)]
 
-    def _decode_gen(self, m: Message, n: int, ts: np.ndarray, block: int, bar) -> tuple[Message, np.ndarray]:
-        m.require_bits(n * math.log2(K))  # before allocating: the stream must hold x_T of the whole generation
-        blks = blocks(n, block)
-        m, x = Uniform(np.full(n, K)).pop(m)
-        for i in range(len(ts) - 1, 0, -1):
-            tab = StepTables(self.abar, ts[i - 1], ts[i])
-            prev = np.empty_like(x)
-            for b0, nc, length in reversed(blks):
-                sl = slice(b0, b0 + nc * length)
-                xt = x[sl]
-                pc = tab.p_counts(self._logp(xt, ts[i], nc, length), xt)
-                m, xs = Categorical(pc).pop(m)
-                Categorical(tab.q_counts(xs)).push(m, xt)
-                prev[sl] = xs
-            x = prev
-            if bar is not None:
-                bar.add(n)
-        return m, x
+        def chain_codec(bds: list) -> Codec:
+            def prior_push(m: Message, slots) -> Message:
+                return Uniform(np.full(g, K)).push(m, np.concatenate(slots))
+
+            def prior_pop(m: Message):
+                m, x = Uniform(np.full(g, K)).pop(m)
+                return m, [x[lo:hi] for lo, hi, _, _ in bds]
+
+            return bits_back_chain(Codec(prior_push, prior_pop), _Links(self, ts, bds, bar, enc))
+
+        def push(m: Message, x: np.ndarray) -> Message:
+            bds = bounds()
+            return chain_codec(bds).push(m, [x[lo:hi] for lo, hi, _, _ in bds])
+
+        def pop(m: Message):
+            m.require_bits(g * math.log2(K))  # before allocating: the stream must hold x_T of the whole generation
+            m, slots = chain_codec(bounds()).pop(m)
+            return m, np.concatenate(slots)
+
+        return Codec(push, pop)
+
+    @staticmethod
+    def _posterior(tab: StepTables, bd, bar, enc: "_Encoding | None"):
+        """q(x_t | x_s) of one slot. Encoder: its pops are watched by the plan;
+        decoder: its push ends the step on that slot (progress)."""
+
+        def posterior(xs: np.ndarray) -> Codec:
+            q = Categorical(tab.q_counts(xs))
+            if enc is not None:
+                return enc.plan.watched(q)
+            if bar is None:
+                return q
+            return Codec(lambda m, xt: (bar.add(bd[1] - bd[0]), q.push(m, xt))[1], q.pop)
+
+        return posterior
+
+    def _likelihood(self, tab: StepTables, t: int, bd, bar, enc: "_Encoding | None"):
+        """p(x_s | x_t) of one slot, from the network. Encoder: its push ends the
+        step on that slot (statistics, progress)."""
+        lo, hi, nc, length = bd
+
+        def likelihood(xt: np.ndarray) -> Codec:
+            w = tab.p_weights(self._logp(xt, t, nc, length), xt)
+            counts = quantize_weights(w)
+            p = Categorical(counts)
+            if enc is None or (enc.stats is None and bar is None):
+                return p
+
+            def push(m: Message, xs) -> Message:
+                if enc.stats is not None:
+                    enc.add(elbo_bits=tab.kl_bits(w, xt, enc.x[lo:hi]),
+                            ideal_bits=information_bits(counts, xs) - information_bits(tab.q_counts(xs), xt))
+                if bar is not None:
+                    bar.add(hi - lo)
+                return p.push(m, xs)
+
+            return Codec(push, p.pop)
+
+        return likelihood
 
     # -- coding --------------------------------------------------------------
     def encode(self, symbols: np.ndarray, steps: int, progress=None, stats: dict | None = None) -> bytes:
@@ -273,39 +335,26 @@ class DiffusionCoder:
             raise ValueError("symbols outside 0..26")
         if not 1 <= steps <= self.T:
             raise AmdError(f"diffusion steps must be in 1..{self.T}, got {steps}")
-        head = bytes([VERSION]) + write_varint(steps) + write_varint(self.block) + write_varint(n)
+        head = write_head(VERSION, steps, self.block, n)
         if n == 0:
             return head + write_varint(0)
         ts = chain(self.T, steps)
         bar = _Ticker(progress, steps, n) if progress is not None else None
         m = Message.seeded(seed_words_for(n))
-        floor = m.num_bits()  # the deepest the message has been: the bits down to it are paid for
-        seen = 0.0            # the largest debt per symbol a generation has run up so far
-        gens: list[int] = []
-        lo = 0
+        plan = GrowingPlan(self.first, safety=self.safety, align=CHUNK)
         with coding_mode():
-            while lo < n:
-                if not gens:
-                    g = self.first
-                else:
-                    est = max(seen * self.safety, 0.05)
-                    g = max(self.first, int((m.num_bits() - floor) / est))
-                    if g >= CHUNK:
-                        g -= g % CHUNK
-                g = min(g, n - lo)
-                before = m.num_bits()
-                m, peak = self._encode_gen(m, x[lo : lo + g], ts, stats, bar)
-                floor = min(floor, before - peak)
-                seen = max(seen, peak / g)
-                gens.append(g)
-                lo += g
+            piece = lambda lo, g: self._generation(g, ts, self.block, bar, _Encoding(x[lo : lo + g], stats, plan))  # noqa: E731
+            m = generations(piece, plan).push(m, x)
+        gens = plan.sizes
         if bar is not None:
             bar.close()
         if stats is not None:
             from .network import prior_kl_bits
 
             stats["elbo_bits"] = stats.get("elbo_bits", 0.0) + n * prior_kl_bits(float(self.abar[-1]))
-            stats.update(symbols=n, steps=steps, generations=gens)
+            stats["ideal_bits"] = stats.get("ideal_bits", 0.0) + n * math.log2(K)
+            stats.update(symbols=n, steps=steps, generations=gens,
+                         initial_words_used=m.initial_words_used(seed_words_for(n)))
         plan = write_varint(len(gens)) + b"".join(write_varint(g) for g in gens)
         return head + plan + m.to_bytes()
 
@@ -343,16 +392,13 @@ class DiffusionCoder:
             raise AmdError(f"corrupt payload ({e})") from None
         bar = _Ticker(progress, steps, n) if progress is not None else None
         ts = chain(self.T, steps)
-        pieces = []  # generations, last first: memory grows with the stream, not with the claimed n
         with coding_mode():
-            for gi in range(len(gens) - 1, -1, -1):
-                m, x = self._decode_gen(m, gens[gi], ts, block, bar)
-                pieces.append(x)
+            m, x = generations(lambda lo, g: self._generation(g, ts, block, bar), gens).pop(m)
         if bar is not None:
             bar.close()
         if not m.is_seed_remainder(seed_words_for(n)):
             raise AmdError("corrupt payload: the diffusion chain did not return to its initial bits")
-        return np.concatenate(pieces[::-1])
+        return x
 
 
 def stream_steps(data: bytes) -> int:
