@@ -4,8 +4,9 @@ step budget, as real .amd files through the public API.
     python benchmarks/absorbing_bench.py                         # all of valid.txt: hours at 128/256 steps
     python benchmarks/absorbing_bench.py --chars 20000            # a quick check on a prefix
     python benchmarks/absorbing_bench.py --steps 16,32 --decode default
+    python benchmarks/absorbing_bench.py --chars 0 --steps 8,12 --decode default --short-sizes '' --name absorbing_file
 
-Writes ``benchmarks/results/absorbing.json`` in the row schema of
+Writes ``benchmarks/results/<--name>.json`` (default ``absorbing``) in the row schema of
 ``benchmarks/report.py``. Rows:
 
 * one per step budget (``--steps``; ``full`` = the chunk length L, one
@@ -92,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode", choices=("all", "default"), default="all",
                    help="decode every budget's file, or only the default budget's")
     p.add_argument("--short-sizes", default="1024,20480", help="short-file sizes at the default budget ('' to skip)")
+    p.add_argument("--name", default="absorbing",
+                   help="results file name (without .json): separate runs (a prefix curve, the whole file) keep "
+                        "separate files, all of which the report reads")
     a = p.parse_args(argv)
 
     import torch
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             "load average at the start is in meta.machine (a busy machine makes them slower).",
         ]},
     }
-    write_results(Path(a.out) / "absorbing.json", meta, rows)
+    write_results(Path(a.out) / f"{a.name}.json", meta, rows)
     return 0 if all(r["verified"] is not False for r in rows) else 1
 
 

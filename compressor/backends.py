@@ -1,11 +1,12 @@
 """Codec backends: what turns :class:`~.formats.Data` into a payload and back.
 
-Every backend has a stable one-byte id written into the container. Ids are
-assigned here by hand and never reused:
+Every backend has a stable one-byte id written into the container, never
+reused or renumbered: the classical ones are assigned here,
 
-    0 store   1 lzma   2 jxl   3 ppmd          (classical, always available)
-    16 idf   17 diffusion   18 argmax   19 discrete-flow   20 argmax-coupling
-    21 absorbing-diffusion   (learned models)
+    0 store   1 lzma   2 jxl   3 ppmd          (always available)
+
+and the learned models' (16 and up) in their entries of
+:mod:`amdcompress.models.registry` (``amdcompress models`` lists them).
 
 Learned models are the entries of :mod:`amdcompress.models.registry`, each
 served by one :class:`~.learned.LearnedBackend`; the classical ones guarantee
