@@ -258,6 +258,37 @@ def test_random_batches_round_trip_long(n, h, w, seed, with_crc, workers):
     _round_trip(n, h, w, seed, with_crc, workers)
 
 
+_CHILD = """
+import sys, numpy as np
+from amdcompress.models import registry
+from amdcompress.models.idf import coding as C
+weights, images, out = sys.argv[1:]
+m = C.load(registry.read_weights(weights))
+x = np.load(images)
+open(out, "wb").write(C.compress(m, x, checksum=123, stream=2))
+"""
+
+
+@pytest.mark.slow
+def test_separate_processes_agree_whatever_their_threads(tmp_path):
+    """Stream 2 encoded here (workers 1) and in children with other worker and
+    torch thread settings in their environment: identical bytes."""
+    import os
+    import subprocess
+    import sys
+
+    m = model()
+    w = tmp_path / "w.pt"
+    torch.save({"config": m.config, "state_dict": m.state_dict()}, w)
+    x = batch(5, 24, 20, seed=7)
+    np.save(tmp_path / "x.npy", x)
+    here = C.compress(C.load(registry.read_weights(w)), x, checksum=123, stream=2, workers=1)
+    for env in ({"AMDCOMPRESS_WORKERS": "2", "OMP_NUM_THREADS": "2"}, {"AMDCOMPRESS_WORKERS": "1"}):
+        subprocess.run([sys.executable, "-c", _CHILD, str(w), str(tmp_path / "x.npy"), str(tmp_path / "c.bin")],
+                       check=True, env=dict(os.environ, **env), timeout=300)
+        assert (tmp_path / "c.bin").read_bytes() == here, env
+
+
 # -- the backend, the API and the CLI with a stream-2 weights version -----------------------
 
 
@@ -325,6 +356,9 @@ def test_backend_codes_with_the_weights_stream(tiny_weights, tmp_path, monkeypat
     assert "idf stream:  2" in out and "lanes:       2" in out and f"lane bytes:  {det['lane_bytes']}" in out
     assert main(["info", "--json", str(tmp_path / "b.amd")]) == 0
     assert json.loads(capsys.readouterr().out)["details"] == det
+    assert main(["models", "--json"]) == 0
+    idf = next(r for r in json.loads(capsys.readouterr().out) if r["name"] == "idf")
+    assert idf["streams"] == [1, 2] and [v["stream"] for v in idf["versions"]] == [2]
 
 
 def test_weights_of_an_undeclared_stream_are_refused(tiny_weights, monkeypatch):
