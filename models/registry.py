@@ -19,7 +19,8 @@ face the generic backend (:mod:`amdcompress.learned`) calls::
     load(weights: dict) -> state                      # weights: read_weights()
     compress(state, x, *, progress=None, stats=None, **options) -> bytes
     decompress(state, payload, shape, *, progress=None) -> x
-    details(payload) -> dict                          # if the entry says details=True
+    details(payload) -> dict                          # if the entry says details=True (text models)
+    details(payload, shape) -> dict                   # likewise, image models (shape: the batch (N, H, W, C))
 
 ``x`` is a uint8 (N, H, W, C) batch for ``data="image"`` models and the
 int array of text symbols (0..26, :mod:`amdcompress.codecs.textstream`) for
@@ -33,9 +34,9 @@ layouts its coding module reads and writes (``streams``, e.g. ``(1, 2)``) and
 each weights version names the one its files use (``Weights.stream``, 1 unless
 given). Where ``streams`` is more than ``(1,)`` the backend passes
 ``stream=<the weights' stream>`` to ``compress``, ``decompress``,
-``decompress_checked`` and ``details(payload, shape, stream=)`` (image models:
-``shape`` is the batch (N, H, W, C)): the weights new files are written with on
-encode, the weights the container's tag names on decode and in ``info``.
+``decompress_checked`` and ``details``: the stream of the weights new files
+are written with on encode, of the weights the container's tag names on
+decode and in ``info``. A shipped version's stream never changes.
 """
 from __future__ import annotations
 
