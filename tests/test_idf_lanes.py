@@ -165,6 +165,12 @@ def _three():
     return x, crc, enc(x, crc)
 
 
+def _long(v: int) -> bytes:
+    """``v`` as a varint one byte longer than its shortest form."""
+    b = write_varint(v)
+    return b[:-1] + bytes([b[-1] | 0x80, 0])
+
+
 def _head(L, *sizes):
     return b"\x02" + write_varint(L) + b"".join(write_varint(s) for s in sizes)
 
@@ -192,6 +198,10 @@ def test_bad_heads_are_one_line_errors():
         "truncated": p[:-3],
         "trailing bytes": p + b"\x01\x02\x03",
         "trailing zero": p + b"\x00",
+        # one payload per batch: varints in their shortest form, lanes as to_bytes writes them
+        "lane count not shortest": b"\x02" + _long(2) + write_varint(size0) + body,
+        "lane length not shortest": b"\x02\x02" + _long(size0) + body,
+        "a zero byte after lane 0": _head(2, size0 + 1) + body[:size0] + b"\x00" + body[size0:],
     }
     for name, bad in cases.items():
         _one_line_error(dec, bad, x.shape, crc)

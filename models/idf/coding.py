@@ -287,7 +287,8 @@ def _latent_ints(part: Part) -> np.ndarray:
 # batch encode / decode
 
 
-def _check_images(model: IDF, images: np.ndarray) -> np.ndarray:
+def check_images(model: IDF, images: np.ndarray) -> np.ndarray:
+    """``images`` as contiguous uint8 (N, H, W, C) with the model's C; AmdError if they are not."""
     images = np.ascontiguousarray(images, dtype=np.uint8)
     if images.ndim != 4 or images.shape[3] != model.config["in_channels"]:
         raise AmdError(f"IDF codes (N, H, W, {model.config['in_channels']}) images, got {images.shape}")
@@ -303,7 +304,7 @@ def encode(model: IDF, images: np.ndarray, progress: Callable | None = None,
     prefix; :func:`decode_checked` reads it and returns the value, so the check
     costs ~3 bytes less than a separate field. Without it the payload is the
     plain :meth:`Message.to_bytes` form that :func:`decode` reads."""
-    images = _check_images(model, images)
+    images = check_images(model, images)
     bar = progress(len(encode_chunks(model, images))) if progress else None
     model.eval()
     with _coding(CODING_THREADS):

@@ -27,8 +27,13 @@ Guarantees:
   "corrupt payload", another version byte, a lane count outside ``1..N``,
   lane lengths that do not fit the payload (an empty lane included), lanes
   that carry different checksums, and every lane that is not a whole stream-1
-  message of its images; a damaged lane never decodes silently to other
-  images: its anchor, then the container's CRC of the decoded images, differ.
+  message of its images in its canonical form (head varints in their
+  shortest form, lanes as :meth:`Message.to_bytes` writes them: one payload
+  per batch);
+* a damaged lane never decodes silently to other images: it fails here, or
+  the images it decodes to do not have the CRC the lanes carried, which the
+  container checks (a flipped bit among those the escapes code uniformly can
+  leave a lane's anchor intact; the CRC of the images catches it).
 """
 from __future__ import annotations
 
@@ -41,8 +46,8 @@ import numpy as np
 import torch
 
 from amdcompress.codecs.errors import AmdError
-from amdcompress.codecs.message import CorruptStreamError, Message
-from amdcompress.codecs.varint import read_head, read_varint, write_head
+from amdcompress.codecs.message import CANONICAL, CorruptStreamError
+from amdcompress.codecs.varint import read_head, read_varint, write_head, write_varint
 
 from ..determinism import CODING_THREADS
 
@@ -95,23 +100,31 @@ def write_lanes_head(n: int, lanes: list[bytes]) -> bytes:
     return write_head(STREAM_VERSION, len(lanes), *(len(b) for b in lanes[:-1]))
 
 
+def _read_field(payload: bytes, pos: int) -> tuple[int, int]:
+    """A varint of the lane head, in its shortest form only (one payload per batch)."""
+    v, end = read_varint(payload, pos, lambda: CorruptStreamError("truncated idf stream head"))
+    if end - pos != len(write_varint(v)):
+        raise CorruptStreamError("idf stream head not in its canonical form")
+    return v, end
+
+
 def split_lanes(payload: bytes, n: int) -> list[bytes]:
     """A stream-2 payload of ``n`` images -> its lane payloads; AmdError (one
     line, "corrupt payload ...") on another version, a lane count outside
-    ``1..n`` or lane lengths that do not fit the payload."""
+    ``1..n``, a head varint not in its shortest form, or lane lengths that do
+    not fit the payload."""
     payload = bytes(payload)
     try:
         _, pos = read_head(payload, STREAM_VERSION, 0, "idf")
         if n <= 1:
             lanes, sizes = 1, []
         else:
-            truncated = lambda: CorruptStreamError("truncated idf stream head")  # noqa: E731
-            lanes, pos = read_varint(payload, pos, truncated)
+            lanes, pos = _read_field(payload, pos)
             if not 1 <= lanes <= n:
                 raise CorruptStreamError(f"idf stream: {lanes} lanes for {n} images")
             sizes = []
             for _ in range(lanes - 1):
-                size, pos = read_varint(payload, pos, truncated)
+                size, pos = _read_field(payload, pos)
                 sizes.append(size)
     except CorruptStreamError as e:
         raise AmdError(f"corrupt payload ({e})") from None
@@ -178,7 +191,7 @@ def encode(model, images: np.ndarray, progress: Callable | None = None, checksum
     """uint8 (N, H, W, C) -> the stream-2 payload (see the module docstring)."""
     from . import coding
 
-    images = coding._check_images(model, images)
+    images = coding.check_images(model, images)
     n = len(images)
     bounds = lane_bounds(n, lane_count(n))
     ticks = _Ticks(progress, sum(len(coding.encode_chunks(model, images[s:e])) for s, e in bounds))
@@ -199,8 +212,13 @@ def decode(model, payload: bytes, shape, progress: Callable | None = None, check
     n, h, w, c = coding.check_shape(model, shape)
     lanes = split_lanes(payload, n)
     bounds = lane_bounds(n, len(lanes))
-    # parsed here, in the caller's thread: the container's strictness (a context variable) applies
-    messages = [coding.open_message(b, checked) for b in lanes]
+    # parsed here, in the caller's thread, in their canonical form only (as format-3 containers
+    # ask of every stream; stream 2 has no older form to accept)
+    token = CANONICAL.set(True)
+    try:
+        messages = [coding.open_message(b, checked) for b in lanes]
+    finally:
+        CANONICAL.reset(token)
     hp, wp = coding.padded_size(h, w, model.multiple)
     ticks = _Ticks(progress, sum(len(coding.image_chunks(e - s, hp, wp)) for s, e in bounds))
     model.eval()
