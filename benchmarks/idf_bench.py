@@ -1,6 +1,7 @@
 """Benchmark the shipped IDF model through the public API: actual .amd bytes.
 
-    python benchmarks/idf_bench.py [--per-image 100] [--batch 600] [--out benchmarks/results/idf.json]
+    python benchmarks/idf_bench.py [--per-image 100] [--batch 600] [--stream {1,2}] [--workers N]
+                                   [--out benchmarks/results/idf.json]
 
 Rows (schema of benchmarks/report.py):
 
@@ -12,18 +13,28 @@ Rows (schema of benchmarks/report.py):
   ``--model auto`` (``amdcompress-auto``: per image the smallest of the IDF
   and the classical backends; the row says how often each won).
 
+``--per-image 0`` leaves the per-image rows out.
+
 Every file is decoded and compared exactly. ``nll_bpd`` is the model's negative
 log-likelihood on the same images (what an ideal coder would spend, without
-framing); ``model_bytes`` is the size of the weights file. Coding runs with
-the coder's fixed thread count (1), so the timings are single-core; rows give
-images per wall second and per second of this process's CPU time (on a
-shared, busy machine the second stays comparable between runs).
+framing); ``model_bytes`` is the size of the weights file. ``--stream`` is the
+IDF payload layout (default: the shipped weights' own, ``Weights.stream``);
+another one codes with the shipped weights relabelled in this process only (a
+stream-2 weights version of the same network would write exactly these
+files; nothing made here is kept). Stream 1 codes on one thread (the coder's
+fixed torch thread count, 1), stream 2 codes its lanes on ``--workers``
+threads (``$AMDCOMPRESS_WORKERS``; default: one per lane up to the CPUs);
+rows give images per wall second and per second of this process's CPU time,
+all threads together (on a shared, busy machine the second stays comparable
+between runs, and CPU seconds per image times images per second projects the
+cores a quiet machine needs).
 """
 from __future__ import annotations
 
 import argparse
 import io
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -75,11 +86,32 @@ def _per_image(amdcompress, images: np.ndarray, model: str) -> dict:
             "verified": ok, "chosen": ", ".join(f"{m} {n}" for m, n in chosen.most_common())}
 
 
+def _with_stream(backends, registry, stream: int):
+    """The idf backend, its newest weights relabelled as payload layout ``stream``
+    if they use another (registered in this process only)."""
+    import dataclasses
+
+    from amdcompress.learned import LearnedBackend
+
+    b = backends.by_name("idf")
+    if b.newest is None or b.newest.stream == stream:
+        return b
+    entry = registry.MODELS["idf"]
+    w = dataclasses.replace(b.newest, stream=stream)
+    relabelled = LearnedBackend(dataclasses.replace(entry, weights=(w,) + entry.weights[1:]))
+    backends._REGISTRY["idf"] = relabelled
+    return relabelled
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=str(TEST))
     p.add_argument("--batch", type=int, default=600, help="images in the batch row")
-    p.add_argument("--per-image", type=int, default=100, help="images in the per-image row")
+    p.add_argument("--per-image", type=int, default=100, help="images in the per-image rows (0: none)")
+    p.add_argument("--stream", type=int, choices=(1, 2), default=None,
+                   help="IDF payload layout (default: the shipped weights' own)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="lane threads for stream 2 (sets $AMDCOMPRESS_WORKERS; default: one per lane up to the CPUs)")
     p.add_argument("--no-auto", action="store_true", help="skip the per-image --model auto row")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "idf.json"))
     a = p.parse_args(argv)
@@ -89,17 +121,29 @@ def main(argv=None) -> int:
     import amdcompress
     from amdcompress import backends
     from amdcompress.models.idf import coding as idf_coding
+    from amdcompress.models.idf import lanes
     from amdcompress.models import registry
 
     backend = backends.by_name("idf")
     if not backend.available():
         print("IDF weights not installed", file=sys.stderr)
         return 1
+    if a.workers is not None:
+        if a.workers < 1:
+            p.error("--workers must be at least 1")
+        os.environ[lanes.WORKERS_ENV] = str(a.workers)
+    shipped_stream = backend.newest.stream
+    stream = a.stream or shipped_stream
+    backend = _with_stream(backends, registry, stream)
     model = backend.state()
     rec = registry.record(backend.newest.name)
     wpath = registry.weights_path(backend.newest.name)
     data = np.load(a.data)
     rows = []
+    params = {"weights": rec["file"], "sha256": rec["sha256"], "steps": rec.get("steps"),
+              "coding_threads": idf_coding.CODING_THREADS, "stream": stream,
+              "stream_relabelled": stream != shipped_stream,
+              "workers": lanes.workers_for(lanes.LANES) if stream == 2 else 1}
 
     # -- batch: one .npy file, one stream
     x = np.ascontiguousarray(data[: a.batch])
@@ -119,17 +163,19 @@ def main(argv=None) -> int:
         "verified": back == raw, "items": len(x), "nll_bpd": nll / dims, "model_bytes": wpath.stat().st_size,
         "encode_images_per_s": len(x) / (t1 - t0), "decode_images_per_s": len(x) / (t2 - t1),
         "encode_images_per_cpu_s": len(x) / (c1 - c0), "decode_images_per_cpu_s": len(x) / (c2 - c1),
-        "layout": f"one .npy batch {x.shape}, one .amd file",
-        "params": {"weights": rec["file"], "sha256": rec["sha256"], "steps": rec.get("steps"),
-                   "coding_threads": idf_coding.CODING_THREADS},
+        "encode_cpu_s": c1 - c0, "decode_cpu_s": c2 - c1,
+        "layout": f"one .npy batch {x.shape}, one .amd file"
+                  + (f", stream 2: lanes of {amdcompress.info(blob).details['lane_bytes']} bytes" if stream == 2
+                     else ", stream 1: one ANS stream"),
+        "params": params,
     })
     print(json.dumps(rows[-1]), flush=True)
 
     # -- per image: PNG files, one .amd each; with the IDF, then as `amdcompress encode` does (auto)
     k = min(a.per_image, len(data))
     dims = int(data[:k].size)
-    nll = idf_coding.model_bits(model, data[:k])
-    for name in ("idf",) if a.no_auto else ("idf", "auto"):
+    nll = idf_coding.model_bits(model, data[:k]) if k else 0.0
+    for name in () if k == 0 else ("idf",) if a.no_auto else ("idf", "auto"):
         r = _per_image(amdcompress, data[:k], name)
         rows.append({
             "domain": "image", "codec": f"amdcompress-{name}", "setting": "per-image", "bytes": r["bytes"],
@@ -138,6 +184,7 @@ def main(argv=None) -> int:
             "model_bytes": wpath.stat().st_size,
             "encode_images_per_s": k / r["encode_s"], "decode_images_per_s": k / r["decode_s"],
             "encode_images_per_cpu_s": k / r["encode_cpu_s"], "decode_images_per_cpu_s": k / r["decode_cpu_s"],
+            "encode_cpu_s": r["encode_cpu_s"], "decode_cpu_s": r["decode_cpu_s"],
             "layout": f"first {k} images, each a 32x32 PNG -> its own .amd (header included)"
                       + ("" if name == "idf" else "; --model auto: the smallest of every backend that "
                          f"accepts the image ({r['chosen']})"),
@@ -149,8 +196,9 @@ def main(argv=None) -> int:
         "benchmark": "benchmarks/idf_bench.py",
         "data": {"image": {"file": str(a.data), "sha256": sha256_file(Path(a.data)),
                            "split": f"CIFAR-10 test, first {len(data)} images (batch: first {a.batch}, "
-                                    f"per-image: first {k})"}},
-        "machine": machine_info(torch=torch.__version__, coding_threads=idf_coding.CODING_THREADS),
+                                    + (f"per-image: first {k})" if k else "no per-image rows)")}},
+        "machine": machine_info(torch=torch.__version__, coding_threads=idf_coding.CODING_THREADS,
+                                workers=params["workers"]),
         "commit": git_commit(),
         "date": now(),
         "model": {"weights": rec["file"], "sha256": rec["sha256"], "steps": rec.get("steps"),
@@ -158,7 +206,9 @@ def main(argv=None) -> int:
         "notes": {"image": [
             f"amdcompress-idf: weights {rec['file']} ({rec.get('steps')} steps, {rec.get('minutes')} min of "
             f"training), sha256 {rec['sha256'][:12]}; nll_bpd is the model's likelihood, bits_per_dim the "
-            "actual .amd bytes"]},
+            "actual .amd bytes"] + ([
+            f"stream {stream}: the shipped weights (stream {shipped_stream}) relabelled in this process, as a "
+            f"stream-{stream} weights version of the same network would code"] if stream != shipped_stream else [])},
     }
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -157,7 +157,8 @@ def info(blob: bytes) -> Info:
         backend, name = None, f"unknown (id {header.codec_id})"
     if backend is not None:
         try:
-            details = backend.details(payload, header.shape)
+            details = (backend.details(payload, header.shape, weights_tag=header.weights_tag) if backend.learned
+                       else backend.details(payload, header.shape))
         except AmdError as e:
             details = {"unreadable": str(e)}
         except Exception as e:  # a damaged payload: info still describes the header

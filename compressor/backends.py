@@ -65,6 +65,7 @@ class Backend(Protocol):
     def decode(self, payload: bytes, kind: int, shape: tuple[int, ...],
                progress: Callable[[int], Progress] | None = None, weights_tag: bytes | None = None) -> np.ndarray: ...
     def details(self, payload: bytes, shape: tuple[int, ...]) -> dict: ...  # facts for ``info``
+    # (learned backends also take ``weights_tag=``: the file's, which names the payload layout)
 
 
 class Classical:

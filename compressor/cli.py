@@ -254,8 +254,10 @@ def models(as_json: bool) -> None:
         {"name": b.name, "codec_id": b.codec_id, "learned": b.learned,
          "weights": b.weights_tag().hex(), "description": b.description,
          # every weights version this build decodes, newest (the one new files use) first
-         "versions": [{"name": w.name, "tag": w.sha256[:4], "installed": registry.available(w.name)}
-                      for w in b.entry.weights] if b.learned else [],
+         "versions": [{"name": w.name, "tag": w.sha256[:4], "installed": registry.available(w.name),
+                       "stream": w.stream} for w in b.entry.weights] if b.learned else [],
+         # the payload layouts the model codes (a weights version's "stream" says which its files use)
+         "streams": list(b.entry.streams) if b.learned else [],
          "options": list(b.options), "in_auto": b.learned and b.entry.auto}
         for b in backends.all_backends()
     ]
@@ -268,7 +270,9 @@ def models(as_json: bool) -> None:
         kind = "learned  " if r["learned"] else "classical"
         click.echo(f"{r['name']:<{w}}  {kind} {r['weights']}  {r['description']}")
         for v in r["versions"]:
-            click.echo(f"{'':<{w}}    weights {v['name']} ({v['tag']}){'' if v['installed'] else ': not installed'}")
+            layout = f", stream {v['stream']}" if len(r["streams"]) > 1 else ""
+            click.echo(f"{'':<{w}}    weights {v['name']} ({v['tag']}{layout})"
+                       f"{'' if v['installed'] else ': not installed'}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,8 +37,8 @@ a payload that changes changes what it decodes to (the data part of the CRC)
 or fails to decode. The CRC field itself, if forged, fails the comparison.
 
 With flag bit 4 the codec carries the same CRC-32 inside its payload (an ANS
-stream anchored on it, :meth:`amdcompress.codecs.Message.anchored`) and hands
-it back on decoding; the check is the same, the file ~3 bytes smaller. For a
+stream anchored on it, :meth:`amdcompress.codecs.Message.anchored`; the IDF's
+stream 2 anchors each of its lanes on it) and hands it back on decoding; the check is the same, the file ~3 bytes smaller. For a
 32x32 RGB image the framing is 17 bytes, 13 with the checksum in the payload.
 The tag tells a file made with other weights apart before decoding; the
 checksum catches the rare tag collision (or any other mismatch) after.

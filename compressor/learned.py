@@ -10,6 +10,9 @@
   fixed threads, deterministic), whatever the caller's torch settings;
 * text models code the 27-symbol alphabet and :mod:`amdcompress.codecs.textstream`
   takes every other byte out as an escape, so any bytes round-trip;
+* a model with more than one payload layout (its entry's ``streams``) codes
+  with the layout of the weights in use (``Weights.stream``): the newest
+  weights' on encode, those the file's tag names on decode and in ``info``;
 * a corrupt payload, or weights that do not load, is :class:`AmdError` with a
   one-line message, never another exception (constriction's
   ``PanicException`` derives from ``BaseException`` and is caught too).
@@ -82,6 +85,15 @@ class LearnedBackend:
     def check_weights(self, tag: bytes) -> None:
         self.weights_for(tag)
 
+    def _stream(self, w) -> dict:
+        """``{"stream": w.stream}`` for a model with several payload layouts
+        (the keyword its coding module takes), else nothing; AmdError if the
+        weights name a layout the entry does not declare."""
+        if w.stream not in self.entry.streams:
+            raise AmdError(f"weights {w.name} of model {self.name!r} use stream version {w.stream}, which this "
+                           f"amdcompress does not code (it has {', '.join(map(str, self.entry.streams))})")
+        return {"stream": w.stream} if self.entry.streams != (1,) else {}
+
     def state(self, w=None):
         """The loaded coding state of weights ``w`` (default: the newest), checked and cached."""
         w = w or self.newest
@@ -147,11 +159,13 @@ class LearnedBackend:
         state = self.state()
         self.last_stats = {}
         extra = {"checksum": checksum} if self.checksum_in_payload else {}
+        extra.update(self._stream(self.newest))
         try:
             with coding_mode():
                 if self.entry.data == "text":
                     sym, esc = textstream.split(np.asarray(data.array, dtype=np.uint8))
-                    stream = self.coding.compress(state, sym, progress=progress, stats=self.last_stats, **opts)
+                    stream = self.coding.compress(state, sym, progress=progress, stats=self.last_stats,
+                                                  **self._stream(self.newest), **opts)
                     return textstream.pack(stream, esc)
                 return self.coding.compress(state, data.images(), progress=progress, stats=self.last_stats,
                                             **extra, **opts)
@@ -176,14 +190,16 @@ class LearnedBackend:
         from amdcompress.models.determinism import coding_mode
 
         shape = tuple(int(d) for d in shape)
-        state = self.state(self.weights_for(weights_tag) if weights_tag is not None else None)
+        w = self.weights_for(weights_tag) if weights_tag is not None else self.newest
+        state = self.state(w)
+        layout = self._stream(w)
         try:
             with coding_mode():
                 if self.entry.data == "text":
                     if kind != BYTES or len(shape) != 1:
                         raise AmdError(f"corrupt header: the {self.name} model codes bytes only")
                     stream, esc = textstream.unpack(payload)
-                    sym = self.coding.decompress(state, stream, shape[0], progress=progress)
+                    sym = self.coding.decompress(state, stream, shape[0], progress=progress, **layout)
                     if sym.size > shape[0]:
                         raise AmdError("corrupt payload: text length mismatch")
                     return textstream.join(sym, esc, shape[0]), None
@@ -191,9 +207,9 @@ class LearnedBackend:
                 if len(batch) != 4 or batch[3] != 3 or batch[1] * batch[2] > MAX_PIXELS:
                     raise AmdError(f"corrupt header: {self.name} cannot have coded shape {shape}")
                 if checked:
-                    out, crc = self.coding.decompress_checked(state, payload, batch, progress=progress)
+                    out, crc = self.coding.decompress_checked(state, payload, batch, progress=progress, **layout)
                     return out.reshape(shape), crc
-                return self.coding.decompress(state, payload, batch, progress=progress).reshape(shape), None
+                return self.coding.decompress(state, payload, batch, progress=progress, **layout).reshape(shape), None
         except AmdError:
             raise
         except (CorruptStreamError, ValueError, IndexError, OverflowError) as e:
@@ -203,14 +219,25 @@ class LearnedBackend:
                 raise
             raise AmdError(f"corrupt payload ({type(e).__name__})") from None
 
-    def details(self, payload: bytes, shape) -> dict:
+    def details(self, payload: bytes, shape, weights_tag: bytes | None = None) -> dict:
         """What ``info`` shows about a payload without decoding it: for text, the
         bytes of the model stream and of the escapes, and how many input bytes
-        were escapes; the model's own facts (e.g. chain steps)."""
+        were escapes; the model's own facts (e.g. chain steps, an image
+        model's stream version and lanes), read with the payload layout of the
+        weights ``weights_tag`` names (known to this build; installed or not)."""
+        layout = {}
+        if self.entry.streams != (1,):
+            w = next((w for w in self.entry.weights if weights_tag is None or w.matches(weights_tag)), None)
+            if w is None:
+                return {}
+            layout = self._stream(w)
         if self.entry.data != "text":
-            return {}
+            if not self.entry.details:
+                return {}
+            shape = tuple(int(d) for d in shape)
+            return self.coding.details(payload, shape if len(shape) == 4 else (1,) + shape, **layout)
         stream, esc = textstream.unpack(payload)
         n = int(shape[0]) if len(shape) == 1 else 0
         facts = {"model_stream_bytes": len(stream), "escape_bytes": len(esc),
                  "escaped_input_bytes": textstream.escape_count(esc, n)}
-        return {**facts, **(self.coding.details(stream) if self.entry.details and stream else {})}
+        return {**facts, **(self.coding.details(stream, **layout) if self.entry.details and stream else {})}

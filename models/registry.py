@@ -19,7 +19,8 @@ face the generic backend (:mod:`amdcompress.learned`) calls::
     load(weights: dict) -> state                      # weights: read_weights()
     compress(state, x, *, progress=None, stats=None, **options) -> bytes
     decompress(state, payload, shape, *, progress=None) -> x
-    details(payload) -> dict                          # if the entry says details=True
+    details(payload) -> dict                          # if the entry says details=True (text models)
+    details(payload, shape) -> dict                   # likewise, image models (shape: the batch (N, H, W, C))
 
 ``x`` is a uint8 (N, H, W, C) batch for ``data="image"`` models and the
 int array of text symbols (0..26, :mod:`amdcompress.codecs.textstream`) for
@@ -27,6 +28,15 @@ int array of text symbols (0..26, :mod:`amdcompress.codecs.textstream`) for
 the container's checksum in its stream (``checksum_in_payload``) takes
 ``checksum=`` in ``compress`` and offers ``decompress_checked`` returning
 ``(x, checksum)``.
+
+A model whose payload layout changed keeps every old one: its entry lists the
+layouts its coding module reads and writes (``streams``, e.g. ``(1, 2)``) and
+each weights version names the one its files use (``Weights.stream``, 1 unless
+given). Where ``streams`` is more than ``(1,)`` the backend passes
+``stream=<the weights' stream>`` to ``compress``, ``decompress``,
+``decompress_checked`` and ``details``: the stream of the weights new files
+are written with on encode, of the weights the container's tag names on
+decode and in ``info``. A shipped version's stream never changes.
 """
 from __future__ import annotations
 
@@ -47,6 +57,7 @@ class Weights:
 
     name: str
     sha256: str
+    stream: int = 1   # the payload layout its files use (one of its Model's ``streams``); fixed once shipped
 
     @property
     def file(self) -> str:
@@ -75,6 +86,7 @@ class Model:
     checksum_in_payload: bool = False
     details: bool = False           # whether the coding module has details(payload) for ``info``
     options: dict = field(default_factory=dict)  # name -> help, e.g. {"steps": "..."}
+    streams: tuple[int, ...] = (1,)  # payload layouts the coding module has; more than (1,): it takes stream=
 
 
 MODELS: dict[str, Model] = {m.name: m for m in (
@@ -83,7 +95,7 @@ MODELS: dict[str, Model] = {m.name: m for m in (
            Weights("idf-v3", "57421c7a41bea4c4eec74a3558a2aa84ed86413f4d4f68495e4f5ea019c10538"),
            Weights("idf-v2", "61194378142537dcb1220976ef349d2f3f6867a34e9149ddec7cebe1c982d2af")),
           "Integer Discrete Flow (3 levels, logistic-mixture priors): RGB images and batches",
-          auto=True, checksum_in_payload=True),
+          auto=True, checksum_in_payload=True, details=True, streams=(1, 2)),
     Model("diffusion", 17, "text", "amdcompress.models.diffusion.coding",
           (Weights("diffusion-v1", "6a4726ea4622268586266a2c81831ddd62a8fc83a236042c467c6d1906524eda"),),
           "text: multinomial diffusion (Hoogeboom et al. 2021), bits-back along the chain", details=True,

@@ -5,14 +5,15 @@ import dataclasses
 from pathlib import Path
 
 
-def backend_for(model: str, weights_file: Path):
+def backend_for(model: str, weights_file: Path, stream: int = 1):
     """The learned backend of registry model ``model`` whose only weights
-    version is ``weights_file`` (a file made in the test)."""
+    version is ``weights_file`` (a file made in the test), writing payload
+    layout ``stream`` (``Weights.stream``)."""
     from amdcompress.learned import LearnedBackend
     from amdcompress.models import registry
 
     weights_file = Path(weights_file)
-    w = registry.Weights(weights_file.stem, registry.sha256_file(weights_file))
+    w = registry.Weights(weights_file.stem, registry.sha256_file(weights_file), stream)
     return LearnedBackend(dataclasses.replace(registry.MODELS[model], weights=(w,)), weights_dir=weights_file.parent)
 
 
@@ -23,11 +24,11 @@ def load_file(coding, path):
     return coding.load(registry.read_weights(path))
 
 
-def install_backend(monkeypatch, model: str, weights_file: Path):
+def install_backend(monkeypatch, model: str, weights_file: Path, stream: int = 1):
     """Make :func:`backend_for` the registered backend of ``model`` for one test."""
     from amdcompress import backends
 
     backends.all_backends()  # the learned backends are registered on first use
-    b = backend_for(model, weights_file)
+    b = backend_for(model, weights_file, stream)
     monkeypatch.setitem(backends._REGISTRY, model, b)
     return b

@@ -5,8 +5,12 @@ latents, with no bits-back. The encoder runs the flow forward and pushes the
 latent parts in the reverse of the order the decoder pops them; the decoder
 pops the top latent, computes the next level's prior from what it has, pops
 the factored-out half, inverts that level's couplings exactly, and so on down
-to the pixels. A batch ``(N, H, W, C)`` is one ANS message (the payload is
-:meth:`Message.to_bytes`); a single image is the batch of one. The container
+to the pixels. In stream 1 (:data:`STREAMS`) a batch ``(N, H, W, C)`` is one
+ANS message (the payload is :meth:`Message.to_bytes`, no version byte); a
+single image is the batch of one. Stream 2 (:mod:`.lanes`) writes a version
+byte and codes the batch as independent lanes, each a stream-1 payload of its
+images, on worker threads; the weights version in the registry says which
+stream its files use (``Weights.stream``). The container
 calls :func:`encode` with the CRC-32 of the images: the stack then starts on
 that value (:meth:`Message.anchored`) instead of empty, which costs about what
 the bottom of an empty ANS stack wastes, and :func:`decode_checked` hands it
@@ -283,49 +287,85 @@ def _latent_ints(part: Part) -> np.ndarray:
 # batch encode / decode
 
 
+def check_images(model: IDF, images: np.ndarray) -> np.ndarray:
+    """``images`` as contiguous uint8 (N, H, W, C) with the model's C; AmdError if they are not."""
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    if images.ndim != 4 or images.shape[3] != model.config["in_channels"]:
+        raise AmdError(f"IDF codes (N, H, W, {model.config['in_channels']}) images, got {images.shape}")
+    return images
+
+
 def encode(model: IDF, images: np.ndarray, progress: Callable | None = None,
            checksum: int | None = None) -> bytes:
-    """uint8 (N, H, W, C) -> payload bytes (one ANS message).
+    """uint8 (N, H, W, C) -> payload bytes (one ANS message): the stream-1 payload.
 
     With ``checksum`` (32 bits, e.g. the container's CRC-32 of the images) the
     message starts on :meth:`Message.anchored` and is written without a seed
     prefix; :func:`decode_checked` reads it and returns the value, so the check
     costs ~3 bytes less than a separate field. Without it the payload is the
     plain :meth:`Message.to_bytes` form that :func:`decode` reads."""
-    images = np.ascontiguousarray(images, dtype=np.uint8)
-    if images.ndim != 4 or images.shape[3] != model.config["in_channels"]:
-        raise AmdError(f"IDF codes (N, H, W, {model.config['in_channels']}) images, got {images.shape}")
-    n, h, w, _ = images.shape
-    padded = pad_images(images, model.multiple)
-    chunks = image_chunks(n, padded.shape[1], padded.shape[2])
-    bar = progress(len(chunks)) if progress else None
-    m = Message.empty() if checksum is None else Message.anchored(checksum)
+    images = check_images(model, images)
+    bar = progress(len(encode_chunks(model, images))) if progress else None
     model.eval()
     with _coding(CODING_THREADS):
-        for s, e in reversed(chunks):
-            parts = model.analyse(to_input(padded[s:e]), ste=False)
-            for part in reversed(parts):
-                m = _coder(part).push(m, _latent_ints(part))
-            if bar is not None:
-                bar.update(1)
+        out = encode_message(model, images, checksum, bar.update if bar is not None else None)
     if bar is not None and hasattr(bar, "close"):
         bar.close()
+    return out
+
+
+def encode_chunks(model: IDF, images: np.ndarray) -> list[tuple[int, int]]:
+    """The network batches :func:`encode_message` codes ``images`` in."""
+    n, h, w, _ = images.shape
+    return image_chunks(n, *padded_size(h, w, model.multiple))
+
+
+def encode_message(model: IDF, images: np.ndarray, checksum: int | None,
+                   tick: Callable[[int], object] | None = None) -> bytes:
+    """The stream-1 payload of checked uint8 images (:func:`encode` without its
+    progress bar and without entering the coding mode: the caller holds
+    :func:`_coding`, or is a lane worker of :mod:`.lanes`). ``tick(1)`` after
+    each network batch."""
+    padded = pad_images(images, model.multiple)
+    m = Message.empty() if checksum is None else Message.anchored(checksum)
+    for s, e in reversed(image_chunks(len(images), padded.shape[1], padded.shape[2])):
+        parts = model.analyse(to_input(padded[s:e]), ste=False)
+        for part in reversed(parts):
+            m = _coder(part).push(m, _latent_ints(part))
+        if tick is not None:
+            tick(1)
     return m.to_bytes(seed_prefix=checksum is None)
+
+
+def open_message(payload: bytes, checked: bool) -> Message:
+    """A stream-1 payload as the message its decoder pops from: plain
+    (:func:`decode`) or anchored on a checksum (``checked``,
+    :func:`decode_checked`: a pop below the anchor raises at once). AmdError
+    if the bytes are not a message."""
+    try:
+        if checked:
+            return Message.from_bytes(payload, seed_prefix=False, anchored=True)
+        return Message.from_bytes(payload)
+    except CorruptStreamError as e:
+        raise AmdError(f"corrupt payload ({e})") from None
+
+
+def close_message(m: Message, checked: bool) -> int | None:
+    """What a fully decoded stream-1 message must leave: nothing (plain), or
+    exactly its anchor, whose value is returned (``checked``); AmdError if not."""
+    if not checked:
+        if not m.is_empty():
+            raise AmdError("corrupt payload (data left over after decoding)")
+        return None
+    carried = m.anchor()
+    if carried is None:
+        raise AmdError("corrupt payload (the stream does not end on its checksum)")
+    return carried
 
 
 def decode(model: IDF, payload: bytes, shape: tuple[int, int, int, int], progress: Callable | None = None) -> np.ndarray:
     """Payload bytes + (N, H, W, C) -> uint8 images; AmdError if the payload is corrupt."""
-    try:
-        m = Message.from_bytes(payload)
-    except CorruptStreamError as e:
-        raise AmdError(f"corrupt payload ({e})") from None
-    try:
-        out, m = _decode(model, m, shape, progress)
-    except CorruptStreamError as e:  # e.g. the stream ran out before the images did
-        raise AmdError(f"corrupt payload ({e})") from None
-    if not m.is_empty():
-        raise AmdError("corrupt payload (data left over after decoding)")
-    return out
+    return _decode_payload(model, payload, shape, progress, checked=False)[0]
 
 
 def decode_checked(model: IDF, payload: bytes, shape: tuple[int, int, int, int],
@@ -333,48 +373,55 @@ def decode_checked(model: IDF, payload: bytes, shape: tuple[int, int, int, int],
     """Inverse of :func:`encode` with a ``checksum``: the images and the value
     the stream carried. The caller compares it with the checksum of the images;
     AmdError if the payload is corrupt or does not end on an anchor."""
+    return _decode_payload(model, payload, shape, progress, checked=True)
+
+
+def _decode_payload(model: IDF, payload: bytes, shape, progress: Callable | None, checked: bool):
+    m = open_message(payload, checked)
+    n, h, w, c = check_shape(model, shape)
+    bar = progress(len(image_chunks(n, *padded_size(h, w, model.multiple)))) if progress else None
+    model.eval()
     try:
-        m = Message.from_bytes(payload, seed_prefix=False, anchored=True)  # a pop below the anchor raises at once
-    except CorruptStreamError as e:
-        raise AmdError(f"corrupt payload ({e})") from None
-    try:
-        out, m = _decode(model, m, shape, progress)
+        with _coding(CODING_THREADS):
+            out, m = decode_message(model, m, shape, bar.update if bar is not None else None)
     except CorruptStreamError as e:  # e.g. popped below the anchor: the stream ran out before the images did
         raise AmdError(f"corrupt payload ({e})") from None
-    carried = m.anchor()
-    if carried is None:
-        raise AmdError("corrupt payload (the stream does not end on its checksum)")
-    return out, carried
+    if bar is not None and hasattr(bar, "close"):
+        bar.close()
+    return out, close_message(m, checked)
 
 
-def _decode(model: IDF, m: Message, shape: tuple[int, int, int, int], progress: Callable | None) -> tuple[np.ndarray, Message]:
+def check_shape(model: IDF, shape) -> tuple[int, int, int, int]:
     n, h, w, c = (int(d) for d in shape)
     if c != model.config["in_channels"]:
         raise AmdError(f"IDF model codes {model.config['in_channels']} channels, file has {c}")
+    return n, h, w, c
+
+
+def decode_message(model: IDF, m: Message, shape: tuple[int, int, int, int],
+                   tick: Callable[[int], object] | None = None) -> tuple[np.ndarray, Message]:
+    """Pop ``shape[0]`` images from ``m`` (the inverse of :func:`encode_message`,
+    without entering the coding mode, like it): (images, the rest of ``m``).
+    Raises CorruptStreamError or AmdError on a corrupt stream."""
+    n, h, w, c = check_shape(model, shape)
     hp, wp = padded_size(h, w, model.multiple)
-    chunks = image_chunks(n, hp, wp)
     pieces = []  # decoded chunks of images: memory grows with the stream, not with the claimed n
-    bar = progress(len(chunks)) if progress else None
-    model.eval()
-    with _coding(CODING_THREADS):
-        for s, e in chunks:
-            steps = model.generate(e - s, hp, wp)
-            part = next(steps)
-            while True:  # pop each part in the model's generative order
-                m, z = _coder(part).pop(m)
-                try:
-                    part = steps.send(torch.from_numpy(z.astype(np.float32)))
-                except StopIteration as done:
-                    x = done.value
-                    break
-            px = (x + CENTER).permute(0, 2, 3, 1).numpy()
-            if not np.all(np.isfinite(px)) or px.min() < 0 or px.max() > 255:
-                raise AmdError("corrupt payload (decoded pixels out of range)")
-            pieces.append(px[:, :h, :w].astype(np.uint8))
-            if bar is not None:
-                bar.update(1)
-    if bar is not None and hasattr(bar, "close"):
-        bar.close()
+    for s, e in image_chunks(n, hp, wp):
+        steps = model.generate(e - s, hp, wp)
+        part = next(steps)
+        while True:  # pop each part in the model's generative order
+            m, z = _coder(part).pop(m)
+            try:
+                part = steps.send(torch.from_numpy(z.astype(np.float32)))
+            except StopIteration as done:
+                x = done.value
+                break
+        px = (x + CENTER).permute(0, 2, 3, 1).numpy()
+        if not np.all(np.isfinite(px)) or px.min() < 0 or px.max() > 255:
+            raise AmdError("corrupt payload (decoded pixels out of range)")
+        pieces.append(px[:, :h, :w].astype(np.uint8))
+        if tick is not None:
+            tick(1)
     return (np.concatenate(pieces) if pieces else np.zeros((0, h, w, c), np.uint8)), m
 
 
@@ -407,16 +454,65 @@ def load(weights: dict) -> IDF:
     return load_into(IDF(weights["config"]), weights, "IDF")
 
 
+STREAMS = (1, 2)
+"""The payload layouts this module writes and reads (the registry entry declares
+them; a weights version names the one its files use):
+
+* 1: one ANS message for the whole batch (:func:`encode`), no version byte;
+  every file made before stream 2 existed, byte for byte, forever;
+* 2: a version byte, then the batch in independent lanes coded on worker
+  threads (:mod:`.lanes`), each lane a stream-1 payload of its images."""
+
+
+def _stream(stream: int) -> int:
+    if stream not in STREAMS:
+        raise AmdError(f"IDF stream version {stream} is not one this amdcompress codes (it has {STREAMS})")
+    return stream
+
+
 def compress(model: IDF, images: np.ndarray, *, progress: Callable | None = None, stats: dict | None = None,
-             checksum: int | None = None) -> bytes:
-    """uint8 (N, H, W, C) -> payload (:func:`encode`)."""
-    return encode(model, images, progress, checksum=checksum)
+             checksum: int | None = None, stream: int = 1, workers: int | None = None) -> bytes:
+    """uint8 (N, H, W, C) -> payload of stream version ``stream`` (1: :func:`encode`;
+    2: :func:`.lanes.encode`, on ``workers`` threads, default ``$AMDCOMPRESS_WORKERS``
+    or the CPUs; the bytes never depend on it)."""
+    if _stream(stream) == 1:
+        return encode(model, images, progress, checksum=checksum)
+    from . import lanes
+
+    out = lanes.encode(model, images, progress, checksum=checksum, workers=workers)
+    if stats is not None:
+        stats.update(lanes.details(out, len(images)))
+    return out
 
 
-def decompress(model: IDF, payload: bytes, shape, *, progress: Callable | None = None) -> np.ndarray:
-    return decode(model, payload, tuple(shape), progress)
+def decompress(model: IDF, payload: bytes, shape, *, progress: Callable | None = None, stream: int = 1,
+               workers: int | None = None) -> np.ndarray:
+    """Inverse of :func:`compress` without a checksum."""
+    if _stream(stream) == 1:
+        return decode(model, payload, tuple(shape), progress)
+    from . import lanes
+
+    return lanes.decode(model, payload, tuple(shape), progress, checked=False, workers=workers)[0]
 
 
-def decompress_checked(model: IDF, payload: bytes, shape, *, progress: Callable | None = None):
-    """(images, the checksum the stream carried) (:func:`decode_checked`)."""
-    return decode_checked(model, payload, tuple(shape), progress)
+def decompress_checked(model: IDF, payload: bytes, shape, *, progress: Callable | None = None, stream: int = 1,
+                       workers: int | None = None):
+    """(images, the checksum the stream carried) (:func:`decode_checked`; stream 2:
+    every lane carries it, AmdError if they differ)."""
+    if _stream(stream) == 1:
+        return decode_checked(model, payload, tuple(shape), progress)
+    from . import lanes
+
+    return lanes.decode(model, payload, tuple(shape), progress, checked=True, workers=workers)
+
+
+def details(payload: bytes, shape, *, stream: int = 1) -> dict:
+    """What ``amdcompress info`` shows without decoding: the stream version; for
+    stream 2 the lane count and each lane's bytes (``shape``: the batch shape
+    (N, H, W, C), whose N the lane head is read against). AmdError if the head
+    is corrupt."""
+    if _stream(stream) == 1:
+        return {"idf_stream": 1}
+    from . import lanes
+
+    return lanes.details(payload, int(shape[0]))

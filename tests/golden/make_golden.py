@@ -7,7 +7,8 @@ the shipped weights; ``manifest.json`` says which input, model, codec id,
 weights (name, full SHA-256, the container's 2-byte tag), environment and
 commit made each file. ``tests/test_golden.py`` checks that every file still
 decodes to its input and that compressing the input again gives exactly the
-committed bytes.
+committed bytes. (The IDF's stream-2 layout, before real stream-2 weights
+ship, is pinned separately with a tiny model: ``idf_stream2/make.py``.)
 
 Usage (from the repository root, with amdcompress installed)::
 
@@ -180,7 +181,9 @@ def versions() -> dict:
 
 def backend_weights(model: str) -> dict | None:
     """The weights this build codes ``model`` with: name, full SHA-256 from its
-    record, and the 2-byte tag the container stores. None for classical codecs."""
+    record, the 2-byte tag the container stores and the payload layout its
+    files use (``Weights.stream``; entries without it are stream 1). None for
+    classical codecs."""
     from amdcompress import backends
     from amdcompress.models import registry
 
@@ -189,7 +192,7 @@ def backend_weights(model: str) -> dict | None:
         return None
     w = b.newest
     return {"name": w.name, "sha256": registry.sha256_file(registry.weights_path(w.name)),
-            "tag": b.weights_tag()[:2].hex()}
+            "tag": b.weights_tag()[:2].hex(), "stream": w.stream}
 
 
 def sha256(b: bytes) -> str:
