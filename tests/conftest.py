@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
+
 
 def backend_for(model: str, weights_file: Path, stream: int = 1):
     """The learned backend of registry model ``model`` whose only weights
@@ -32,3 +34,14 @@ def install_backend(monkeypatch, model: str, weights_file: Path, stream: int = 1
     b = backend_for(model, weights_file, stream)
     monkeypatch.setitem(backends._REGISTRY, model, b)
     return b
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Small tensors: threads only add overhead (and the coder fixes its own count)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -53,13 +53,7 @@ def images(n: int, h: int = 32, w: int = 32, seed: int = 0) -> np.ndarray:
     return np.clip(base + ramp + rng.integers(-8, 9, (n, h, w, 3)), 0, 255).astype(np.uint8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: threads only add overhead (and the coder fixes its own count)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- exact invertibility --------------------------------------------------------

@@ -30,12 +30,7 @@ from amdcompress.models.idf import lanes
 GOLDEN = Path(__file__).resolve().parent / "golden" / "idf_stream2"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @functools.cache
