@@ -113,7 +113,8 @@ MODELS: dict[str, Model] = {m.name: m for m in (
           # not tried by auto: argmax codes smaller files
           "learned text model: Argmax Flow with a grid-exact coupling-flow prior, bits-back ANS"),
     Model("absorbing-diffusion", 21, "text", "amdcompress.models.absorbing.coding",
-          (Weights("absorbing-diffusion-v1", "0ccabee1b6990281b61f91f3d74376b9cf275f7d3d250628c1055f6797405525"),),
+          (Weights("absorbing-diffusion-v2", "dc1a07c2de0a9c7294f1d0ac811938cf8179dda95e22eb2872d3e3774f27b98d"),
+           Weights("absorbing-diffusion-v1", "0ccabee1b6990281b61f91f3d74376b9cf275f7d3d250628c1055f6797405525")),
           "learned text model: absorbing-state diffusion (order-agnostic ARDM), exact ANS in S network passes",
           details=True,
           options={"steps": "network passes per chunk (recorded in the file; default: the weights')"}),
