@@ -1,4 +1,4 @@
-"""IDF stream 2: a version byte, then independent lanes coded on worker threads.
+"""IDF stream 2: a version byte, then independent lanes coded side by side.
 
 Layout of a stream-2 payload of ``N`` images::
 
@@ -16,13 +16,14 @@ value). The encoder writes ``L = min(LANES, N)``; the decoder reads any
 Guarantees:
 
 * the bytes depend on the images, the model and the checksum only, never on
-  the number of workers or torch threads: every lane is coded by one thread
+  the number of workers, how they run or torch threads: every lane is coded
   with one torch thread, in the coding mode the caller's thread holds, the
-  same computation whichever thread runs it;
-* lanes are coded concurrently on ``workers`` threads (torch, numpy and the
-  table building release the GIL for most of the time): ``workers`` argument,
-  else ``$AMDCOMPRESS_WORKERS`` (a cap), else the CPUs this process may use;
-  never more than ``L``;
+  same computation wherever it runs;
+* lanes are coded concurrently on ``workers`` workers (:mod:`.workers`:
+  forked processes on Linux, threads elsewhere or with
+  ``$AMDCOMPRESS_LANE_MODE=threads``): ``workers`` argument, else
+  ``$AMDCOMPRESS_WORKERS`` (a cap), else the CPUs this process may use; never
+  more than ``L``;
 * a stream-2 decoder refuses, with a one-line :class:`AmdError` starting
   "corrupt payload", another version byte, a lane count outside ``1..N``,
   lane lengths that do not fit the payload (an empty lane included), lanes
@@ -38,18 +39,16 @@ Guarantees:
 from __future__ import annotations
 
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
-import torch
 
 from amdcompress.codecs.errors import AmdError
 from amdcompress.codecs.message import CANONICAL, CorruptStreamError
 from amdcompress.codecs.varint import read_head, read_varint, write_head, write_varint
 
 from ..determinism import CODING_THREADS
+from .workers import run_jobs
 
 STREAM_VERSION = 2
 LANES = 2                      # lanes the encoder writes (at most; one per image below that)
@@ -145,45 +144,20 @@ def details(payload: bytes, n: int) -> dict:
 
 
 # ---------------------------------------------------------------------------
-# coding on worker threads
+# coding on workers (:mod:`.workers`: forked processes, or threads)
 
 
-class _Ticks:
-    """A progress bar shared by the lane workers (its updates serialised)."""
-
-    def __init__(self, progress: Callable | None, total: int):
-        self.bar = progress(total) if progress else None
-        self.lock = threading.Lock()
-
-    def __call__(self, k: int = 1) -> None:
-        if self.bar is not None:
-            with self.lock:
-                self.bar.update(k)
-
-    def close(self) -> None:
-        if self.bar is not None and hasattr(self.bar, "close"):
-            self.bar.close()
+def _bar(progress: Callable | None, total: int):
+    return progress(total) if progress else None
 
 
-def _run(jobs: list[Callable[[], object]], workers: int) -> list:
-    """The results of ``jobs``, in order, run on ``workers`` threads (1: in
-    this thread). Each worker thread codes with one torch thread and without
-    autograd (both are per-thread settings in torch); the deterministic mode is
-    global and held by the caller. The first failure is raised once every job
-    has ended."""
-    if workers <= 1 or len(jobs) <= 1:
-        return [job() for job in jobs]
+def _update(bar) -> Callable[[int], None] | None:
+    return None if bar is None else (lambda k=1: bar.update(k))
 
-    def in_worker(job):
-        torch.set_num_threads(CODING_THREADS)
-        with torch.no_grad():
-            return job()
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="amd-idf-lane") as pool:
-        futures = [pool.submit(in_worker, job) for job in jobs]
-        for f in futures:  # wait for all before raising: no worker outlives the coding mode
-            f.exception()
-    return [f.result() for f in futures]
+def _close(bar) -> None:
+    if bar is not None and hasattr(bar, "close"):
+        bar.close()
 
 
 def encode(model, images: np.ndarray, progress: Callable | None = None, checksum: int | None = None,
@@ -194,12 +168,14 @@ def encode(model, images: np.ndarray, progress: Callable | None = None, checksum
     images = coding.check_images(model, images)
     n = len(images)
     bounds = lane_bounds(n, lane_count(n))
-    ticks = _Ticks(progress, sum(len(coding.encode_chunks(model, images[s:e])) for s, e in bounds))
+    bar = _bar(progress, sum(len(coding.encode_chunks(model, images[s:e])) for s, e in bounds))
     model.eval()
-    with coding._coding(CODING_THREADS):
-        lanes = _run([lambda s=s, e=e: coding.encode_message(model, images[s:e], checksum, ticks)
-                      for s, e in bounds], workers_for(len(bounds), workers))
-    ticks.close()
+    try:
+        with coding._coding(CODING_THREADS):
+            lanes = run_jobs([lambda tick, s=s, e=e: coding.encode_message(model, images[s:e], checksum, tick)
+                              for s, e in bounds], workers_for(len(bounds), workers), _update(bar))
+    finally:
+        _close(bar)
     return write_lanes_head(n, lanes) + b"".join(lanes)
 
 
@@ -220,16 +196,22 @@ def decode(model, payload: bytes, shape, progress: Callable | None = None, check
     finally:
         CANONICAL.reset(token)
     hp, wp = coding.padded_size(h, w, model.multiple)
-    ticks = _Ticks(progress, sum(len(coding.image_chunks(e - s, hp, wp)) for s, e in bounds))
+    bar = _bar(progress, sum(len(coding.image_chunks(e - s, hp, wp)) for s, e in bounds))
     model.eval()
+
+    def lane(tick, m, s, e):
+        x, m = coding.decode_message(model, m, (e - s, h, w, c), tick)
+        return x, coding.close_message(m, checked)
+
     try:
         with coding._coding(CODING_THREADS):
-            done = _run([lambda m=m, s=s, e=e: coding.decode_message(model, m, (e - s, h, w, c), ticks)
-                         for m, (s, e) in zip(messages, bounds)], workers_for(len(bounds), workers))
+            done = run_jobs([lambda tick, m=m, s=s, e=e: lane(tick, m, s, e)
+                             for m, (s, e) in zip(messages, bounds)], workers_for(len(bounds), workers), _update(bar))
     except CorruptStreamError as e:  # e.g. a lane ran out before its images did
         raise AmdError(f"corrupt payload ({e})") from None
-    ticks.close()
-    carried = {coding.close_message(m, checked) for _, m in done}
+    finally:
+        _close(bar)
+    carried = {c for _, c in done}
     if len(carried) != 1:
         raise AmdError("corrupt payload (idf lanes carry different checksums)")
     out = np.concatenate([x for x, _ in done]) if done else np.zeros((0, h, w, c), np.uint8)
