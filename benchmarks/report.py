@@ -221,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
 START, END = "<!-- report:start -->", "<!-- report:end -->"
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "models" / "weights"
 HELD_OUT_KEYS = (("final_test_bpd", "test bpd (NLL)"), ("valid_elbo_bpc", "valid bpc (ELBO)"),
-                 ("valid_nll_bpc", "valid bpc (NLL)"), ("valid_bpc", "valid bpc (NLL)"))
+                 ("valid_nll_bpc", "valid bpc (NLL)"), ("valid_bpc", "valid bpc (NLL)"),
+                 ("valid_full_order_bpc", "valid bpc (ARDM bound, full order)"))
 
 
 def _commands(rec: dict) -> str:
@@ -239,8 +240,9 @@ def models_table(weights_dir: Path = WEIGHTS_DIR) -> str:
         rec = json.loads(rec_path.read_text())
         f = weights_dir / rec.get("file", "")
         held = "; ".join(f"{label} {rec[k]:.3f}" for k, label in HELD_OUT_KEYS if isinstance(rec.get(k), (int, float)))
-        if rec.get("valid_chars"):
-            held += f" on {rec['valid_chars']:,} chars"
+        chars = rec.get("valid_chars") or rec.get("valid_full_order_chars")
+        if chars:
+            held += f" on {chars:,} chars"
         rows.append("| " + " | ".join(_cell(str(c)) for c in [
             rec.get("file", rec_path.stem), f"{rec.get('params', 0):,}", f"{f.stat().st_size / 1e6:.1f}" if f.is_file() else "?",
             f"{rec.get('minutes', 0):.0f} min, {rec.get('steps', 0):,} steps", f"{rec.get('device', '?')}, {rec.get('threads', '?')} thread(s)",
