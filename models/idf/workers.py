@@ -91,7 +91,7 @@ def run_jobs(jobs: list[Callable], workers: int, tick: Callable[[int], None] | N
     tick = _Serial(tick or (lambda k=1: None))
     workers = max(1, min(int(workers), len(jobs)))
     if workers <= 1:
-        return _raise_first([_outcome(lambda j=j: j(tick)) for j in jobs])
+        return [job(tick) for job in jobs]
     shares = [list(range(w, len(jobs), workers)) for w in range(workers)]
     if lane_mode() == "threads":
         return _threads(jobs, shares, tick)
