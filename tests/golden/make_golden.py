@@ -7,8 +7,8 @@ the shipped weights; ``manifest.json`` says which input, model, codec id,
 weights (name, full SHA-256, the container's 2-byte tag), environment and
 commit made each file. ``tests/test_golden.py`` checks that every file still
 decodes to its input and that compressing the input again gives exactly the
-committed bytes. (The IDF's stream-2 layout, before real stream-2 weights
-ship, is pinned separately with a tiny model: ``idf_stream2/make.py``.)
+committed bytes. (The IDF's stream-2 layout is also pinned with a tiny model,
+independent of the shipped weights: ``idf_stream2/make.py``.)
 
 Usage (from the repository root, with amdcompress installed)::
 
@@ -129,7 +129,7 @@ SPECS: list[Spec] = [
     Spec("jxl_cifar.amd", "cifar_test0.png", "jxl",
          note="libjxl's encoder output is not ours: the re-encode check runs only with the libjxl version recorded"),
     Spec("idf_cifar.amd", "cifar_test0.png", "idf"),
-    Spec("idf_batch2.amd", "cifar_test1-2.npy", "idf", note="a .npy batch: one ANS stream for both images"),
+    Spec("idf_batch2.amd", "cifar_test1-2.npy", "idf", note="a .npy batch in stream 2: two lanes, one image each"),
     Spec("idf_20x28.amd", "cifar_test3_20x28.png", "idf", note="not a multiple of the IDF's 2^levels: padding"),
 ]
 for _m in _TEXT_MODELS:
