@@ -54,7 +54,7 @@ def tiny_costs(L: int = 32, order: str = "spread") -> np.ndarray:
     return C.quantize_costs(4.2 - 2.5 * a / L - 0.2 * j + 0.3 * np.sin(a) ** 2)
 
 
-@pytest.fixture(scope="module", params=["spread", "random"])
+@pytest.fixture(scope="module", params=["spread", "random", "blocked8"])
 def state(request):
     return C.make_state(tiny_model(order=request.param), tiny_costs(order=request.param), default_steps=5)
 
@@ -80,6 +80,17 @@ def test_levels_and_order_families():
     assert len({tuple(row.tolist()) for row in r}) > 40  # random within the levels
     r = N.sample_ranks(200, 16, "random", g)
     assert not all(torch.all(lev[row.argsort()].diff() >= 0) for row in r)
+    # blocked orders: column p mod B of every block, the columns in turn
+    assert N.position_classes("blocked8", 16).tolist() == list(range(8)) * 2
+    assert N.order_classes("blocked8", 11, 16).tolist() == [0, 0, 1, 1, 2, 2, 3, 4, 5, 6, 7]
+    assert N.num_classes("blocked16", 256) == 16 and N.num_classes("random", 256) == 1
+    col = torch.arange(32) % 8
+    for row in N.sample_ranks(50, 32, "blocked8", g):
+        assert sorted(row.tolist()) == list(range(32)) and torch.all(col[row.argsort()].diff() >= 0)
+    with pytest.raises(ValueError):
+        N.position_classes("blocked7", 16)
+    with pytest.raises(ValueError):
+        N.AbsorbingConfig(length=32, order="blocked64")  # a block longer than the chunk
 
 
 def test_row_masks_share_t_across_a_rows_chunks():
@@ -166,7 +177,7 @@ def test_rows_with_halos_equal_one_pass_over_the_whole_sequence(monkeypatch):
 
 
 # --------------------------------------------------------------------------- orders and plans
-@pytest.mark.parametrize("order", ["spread", "random"])
+@pytest.mark.parametrize("order", ["spread", "random", "blocked8"])
 def test_orders_are_permutations_and_differ_between_chunks(order):
     r = C.ranks(3 * 32 + 7, 32, order)
     for c in range(3):
@@ -174,8 +185,8 @@ def test_orders_are_permutations_and_differ_between_chunks(order):
         assert np.array_equal(np.argsort(r[c * 32 : (c + 1) * 32]), C.generation_order(c, 32, 32, order))
     assert sorted(r[96:]) == list(range(7))
     assert not np.array_equal(C.generation_order(0, 32, 32, order), C.generation_order(1, 32, 32, order))
-    if order == "spread":
-        lev = N.levels(32)
+    if order != "random":
+        lev = N.position_classes(order, 32)
         for c in range(3):
             assert np.all(np.diff(lev[C.generation_order(c, 32, 32, order)]) >= 0)
         assert np.all(np.diff(lev[C.generation_order(3, 7, 32, order)]) >= 0)
@@ -188,6 +199,8 @@ def test_orders_are_pinned():
     assert hashlib.sha256(C.ranks(1000, 256, "random").astype("<i8").tobytes()).hexdigest()[:16] == "0b646544ca283f2a"
     assert C.generation_order(0, 16, 16, "spread").tolist() == [0, 8, 4, 12, 10, 14, 6, 2, 15, 13, 7, 5, 9, 1, 11, 3]
     assert hashlib.sha256(C.ranks(1000, 256, "spread").astype("<i8").tobytes()).hexdigest()[:16] == "64299d6af40d907b"
+    assert C.generation_order(0, 16, 16, "blocked8").tolist() == [8, 0, 9, 1, 10, 2, 11, 3, 4, 12, 13, 5, 14, 6, 15, 7]
+    assert hashlib.sha256(C.ranks(1000, 256, "blocked16").astype("<i8").tobytes()).hexdigest()[:16] == "7c8610432d3f488f"
 
 
 def brute_force_plan_cost(step_cost: np.ndarray, S: int) -> int:

@@ -68,7 +68,7 @@ from amdcompress.codecs.core import information_bits
 from amdcompress.codecs.varint import read_head, write_head
 
 from ..determinism import coding_mode
-from .network import MASK, AbsorbingConfig, AbsorbingDenoiser, levels, num_classes, order_classes
+from .network import MASK, AbsorbingConfig, AbsorbingDenoiser, num_classes, order_classes, position_classes
 
 VERSION = 1
 ORDER_SEED = 0x5EED_A65_0A7D_2022  # the generation orders' seed (part of the format)
@@ -93,15 +93,16 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 
 def order_keys(chunks: np.ndarray, m: int, length: int, order: str) -> np.ndarray:
     """(len(chunks), m) uint64 sort keys of positions 0..m-1 of each chunk:
-    ``splitmix64(splitmix64(ORDER_SEED + c) + p)``, with the position's level
-    in the top 8 bits for ``spread`` orders (level-major, random within a level)."""
+    ``splitmix64(splitmix64(ORDER_SEED + c) + p)``, with the position's class
+    (:func:`.network.position_classes`, < 256) in the top 8 bits for every
+    family but ``random`` (class-major, random within a class)."""
     c = np.asarray(chunks, dtype=np.uint64).reshape(-1, 1)
     with np.errstate(over="ignore"):
         base = _splitmix64(c + np.uint64(ORDER_SEED))
         keys = _splitmix64(base + np.arange(m, dtype=np.uint64)[None, :])
-    if order == "spread":
-        lev = levels(length)[:m].astype(np.uint64)
-        keys = (keys >> np.uint64(8)) | (lev[None, :] << np.uint64(56))
+    if order != "random":
+        cls = position_classes(order, length)[:m].astype(np.uint64)
+        keys = (keys >> np.uint64(8)) | (cls[None, :] << np.uint64(56))
     return keys
 
 

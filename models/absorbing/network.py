@@ -33,6 +33,13 @@ Order families (``config.order``):
   2.997 bpc in 256 steps / 3.029 in 32 / 3.128 in 8, spread orders 2.939 /
   2.950 / 2.974. The model is trained on exactly this family, so its
   conditionals are the ones the coder uses.
+* ``blockedB`` (B = 8, 16, 32, 64): column-major over blocks of B
+  characters, random within a column: the chunk's L/B blocks are coded left
+  to right in lock step, so all positions but a block's first have their
+  left neighbours (and, late in the block, the next block's first
+  characters) revealed. It trades the spread family's quarter of positions
+  coded from sparse context for L/B positions per chunk coded from none,
+  and needs at least B passes to code each column from the ones before it.
 
 Rows. Training, evaluation and coding see the same thing: rows of k whole
 chunks plus ``radius()`` positions of their neighbours on each side (the
@@ -66,7 +73,7 @@ import torch.nn.functional as F
 K = 27          # symbols: space, a-z
 MASK = K        # the absorbing state's token
 LN2 = math.log(2.0)
-ORDERS = ("spread", "random")
+ORDERS = ("spread", "random", "blocked8", "blocked16", "blocked32", "blocked64")  # blockedB: see position_classes
 
 
 @dataclass
@@ -93,6 +100,8 @@ class AbsorbingConfig:
             raise ValueError(f"unknown activation {self.act!r}")
         if self.order not in ORDERS:
             raise ValueError(f"unknown order family {self.order!r}")
+        if block_of(self.order) > min(self.length, 256):
+            raise ValueError("a blocked order's block must be at most the chunk length (and 256)")
         if not 1 <= self.length <= 1 << 16:
             raise ValueError("length must be in 1..65536")
         self.dilations = [int(v) for v in self.dilations]
@@ -206,25 +215,46 @@ def levels(length: int) -> np.ndarray:
     return np.where(p > 0, nb - tz, 0)
 
 
-def order_classes(order: str, m: int, length: int) -> np.ndarray:
-    """The class of each rank 0..m-1 of a chunk of m <= length positions:
-    its level for ``spread`` orders (they reveal the levels in turn), 0 for
-    ``random`` ones (every masked position is alike)."""
+def block_of(order: str) -> int:
+    """B of a ``blockedB`` order family, 0 for the others."""
+    return int(order[len("blocked"):]) if order.startswith("blocked") else 0
+
+
+def position_classes(order: str, length: int) -> np.ndarray:
+    """The rank class of each position 0..length-1 of a chunk (int64): an
+    order of the family reveals the classes one after the other, each in a
+    uniformly random order. ``spread``: the position's level (:func:`levels`);
+    ``random``: 0 everywhere; ``blockedB``: ``p mod B``, so the chunk is
+    coded as L/B blocks of B characters, all blocks left to right in lock
+    step (column j of every block is revealed after columns 0..j-1), and
+    every position but a block's first sees its left neighbours."""
     if order == "random":
-        return np.zeros(m, dtype=np.int64)
-    return np.sort(levels(length)[:m], kind="stable")
+        return np.zeros(length, dtype=np.int64)
+    if order == "spread":
+        return levels(length)
+    b = block_of(order)
+    if order not in ORDERS or b < 1:
+        raise ValueError(f"unknown order family {order!r}")
+    return np.arange(length, dtype=np.int64) % b
+
+
+def order_classes(order: str, m: int, length: int) -> np.ndarray:
+    """The class of each rank 0..m-1 of a chunk of m <= length positions
+    (:func:`position_classes` of its positions, sorted: the classes are
+    revealed in turn; all 0 for ``random`` orders)."""
+    return np.sort(position_classes(order, length)[:m], kind="stable")
 
 
 def num_classes(order: str, length: int) -> int:
-    return 1 if order == "random" else int(levels(length).max()) + 1
+    return int(position_classes(order, length).max()) + 1
 
 
 def sample_ranks(n: int, length: int, order: str, generator: torch.Generator | None = None) -> torch.Tensor:
     """(n, length) ranks: for each of n chunks, each position's place in an
     order drawn from the family (0-based)."""
     u = torch.rand(n, length, generator=generator, dtype=torch.float64)
-    if order == "spread":
-        u = u + torch.from_numpy(levels(length)).to(torch.float64)[None, :]  # level-major, u breaks ties
+    if order != "random":
+        u = u + torch.from_numpy(position_classes(order, length)).to(torch.float64)[None, :]  # class-major, u breaks ties
     return u.argsort(1).argsort(1)
 
 
@@ -268,8 +298,7 @@ def revealed_next(order: str, length: int, t: torch.Tensor, masked_centre: torch
     over them is the expected cost of step t of the coder's order, and its
     mean over uniform t is the bound of coding the chunk in that order."""
     b, width = masked_centre.shape
-    pos_class = levels(length) if order == "spread" else np.zeros(length, dtype=np.int64)
-    cls = torch.from_numpy(np.tile(pos_class, width // length))
+    cls = torch.from_numpy(np.tile(position_classes(order, length), width // length))
     cur = torch.from_numpy(order_classes(order, length, length))[t - 1]
     return masked_centre & (cls[None, :] == cur[:, None])
 
