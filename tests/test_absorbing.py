@@ -429,6 +429,12 @@ def test_train_resume_and_export(tmp_path):
     assert np.array_equal(C.decompress(st, C.compress(st, x), 77), x)
     # the shipped file resumes too (weights only; steps and minutes from its record)
     assert train.main(common + ["--minutes", "0.12", "--resume", str(out), "--out", str(tmp_path / "run2")]) == 0
+    # a resumed run can move to another order family; the network carries over
+    assert train.main(common + ["--minutes", "0.03", "--resume", str(out), "--out", str(tmp_path / "run3"),
+                                "--reorder", "blocked8"]) == 0
+    ck3 = torch.load(tmp_path / "run3" / "last.pt", weights_only=False)
+    assert ck3["config"]["order"] == "blocked8" and ck3["config"]["length"] == 32
+    assert ck3["step"] > ck2["step"]  # continued from the exported weights, not a new run
 
 
 # --------------------------------------------------------------------------- backend

@@ -53,10 +53,11 @@ class AbsorbingTrainer(training.TextTrainer):
     defaults = dict(minutes=90.0, batch=16, ema=0.999, log_every=50, ckpt_minutes=5.0, eval_chars=100_000)
     options = dict(train_chars=0, chunks=2, length=256, d=128, ff=256, kernel=3, dilations="1,2,4,8,16,32,1,2",
                    act=("relu", "gelu"), order=ORDERS, default_steps=32, budgets=BUDGETS, budget_chars=65536,
-                   table_chars=32768, table_stride=2, others=0.0)
+                   table_chars=32768, table_stride=2, others=0.0, reorder=("keep", *ORDERS))
     helps = dict(train_chars="use only this prefix of the training text (0: all)",
                  chunks="chunks per row (plus context on each side)", length="chunk length L (new runs)",
                  dilations="one block per dilation", order="order family (new runs)",
+                 reorder="a resumed run: train on this order family from now on (the network carries over)",
                  default_steps="export: the step budget new files use",
                  budgets="export: budgets whose exact bpc the record holds",
                  budget_chars="export: valid.txt chars for the budgets (0: all)",
@@ -69,6 +70,12 @@ class AbsorbingTrainer(training.TextTrainer):
         return AbsorbingConfig(length=args.length, d=args.d, ff=args.ff, kernel=args.kernel,
                                dilations=[int(v) for v in str(args.dilations).split(",") if v], act=args.act,
                                order=args.order).to_dict()
+
+    def config(self, args, start) -> dict:
+        config = super().config(args, start)
+        if start is not None and args.reorder != "keep":
+            config = AbsorbingConfig.from_dict({**config, "order": args.reorder}).to_dict()
+        return config
 
     def prepare(self, args, model, loop):
         train = self.symbols(args.data, args.train_chars or None)
