@@ -90,9 +90,8 @@ class CountModel:
         y = x[where]
         p = self.unigram[y]
         code = np.zeros(len(where), dtype=np.int64)
-        if depth is not None and depth < len(self.offsets):
-            return CountModel.__new__(CountModel)._cut(self, depth).bits(x, where)
-        for o, (keys, counts, ctx, totals, distinct) in zip(self.offsets, self.levels):
+        depth = len(self.offsets) if depth is None else depth
+        for o, (keys, counts, ctx, totals, distinct) in zip(self.offsets[:depth], self.levels[:depth]):
             code = code * K + x[where + o]
             j = np.minimum(np.searchsorted(ctx, code), len(ctx) - 1)
             seen = ctx[j] == code
@@ -104,11 +103,6 @@ class CountModel:
             tot1 = np.maximum(tot, 1.0)
             p = np.where(seen, np.maximum(c - self.D, 0.0) / tot1 + self.D * t / tot1 * p, p)
         return -np.log2(p)
-
-
-    def _cut(self, src: "CountModel", depth: int) -> "CountModel":
-        self.offsets, self.unigram, self.levels = src.offsets[:depth], src.unigram, src.levels[:depth]
-        return self
 
 
 def probe(order: str, length: int, train: np.ndarray, valid: np.ndarray, n: int) -> dict:
