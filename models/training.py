@@ -115,12 +115,15 @@ def cosine_lr(step: int, frac: float, lr: float, warmup: int, final_frac: float)
 
 def schedule_lr(args, step: int, frac: float = 0.0, rewarm_from: int | None = None) -> float:
     """The learning rate of ``args`` (``--schedule exp``: :func:`lr_at`; ``cosine``:
-    :func:`cosine_lr` at ``frac`` of the time budget) at global ``step``, scaled
+    :func:`cosine_lr` at ``frac`` of the time budget; ``anneal``: the same cosine
+    over this run's budget alone, a cool-down for a resumed run) at global ``step``, scaled
     down linearly over ``--warmup`` steps after ``rewarm_from`` (a resumed run
     whose optimizer starts fresh: a fresh Adam(ax)'s first step moves every
     weight by lr * sign(grad), which costs a trained model more than it gains)."""
     if getattr(args, "schedule", "cosine") == "exp":
         value = lr_at(step, args.lr, args.warmup, args.half_life, args.min_lr)
+    elif args.schedule == "anneal":  # ``frac`` is the share of this run's budget alone
+        value = cosine_lr(step, frac, args.lr, 0, getattr(args, "final_lr_frac", 0.05))
     else:
         value = cosine_lr(step, frac, args.lr, args.warmup, getattr(args, "final_lr_frac", 0.05))
     if rewarm_from is not None:
@@ -530,6 +533,8 @@ class BudgetedTraining:
         self._seen_run0 = self.seen or 0
 
         def frac() -> float:  # the cosine schedule's share of the time trained so far plus this budget
+            if getattr(a, "schedule", None) == "anneal":  # ... or of this run's budget alone
+                return (time.time() - t0) / max(1e-9, budget)
             return (self.elapsed0 + time.time() - t0) / max(1e-9, self.elapsed0 + budget)
 
         from tqdm import tqdm
@@ -690,9 +695,10 @@ def parser(trainer: Trainer) -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("optimization")
     g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    g.add_argument("--schedule", choices=("exp", "cosine"), default="exp",
+    g.add_argument("--schedule", choices=("exp", "cosine", "anneal"), default="exp",
                    help="exp: halves every --half-life steps, floor --min-lr; cosine: to --final-lr-frac x lr "
-                        "at the end of this run (counting the time trained before)")
+                        "at the end of this run (counting the time trained before); anneal: cosine from --lr "
+                        "to --final-lr-frac x lr over this run's --minutes alone (a cool-down after a resume)")
     g.add_argument("--warmup", type=int, default=300,
                    help="linear warm-up steps (again after a resume without optimizer state)")
     g.add_argument("--half-life", type=float, default=15000.0)

@@ -21,6 +21,10 @@ def test_schedules_and_rewarm():
     assert training.schedule_lr(a, 100, 0.0) == pytest.approx(1.0)
     assert training.schedule_lr(a, 100, 1.0) == pytest.approx(0.1)
     assert training.schedule_lr(a, 100, 0.5, rewarm_from=100) == pytest.approx(0.55 * 0.1)
+    c = SimpleNamespace(schedule="anneal", lr=1.0, warmup=10, final_lr_frac=0.1)  # no warm-up of its own
+    assert training.schedule_lr(c, 0, 0.0) == pytest.approx(1.0)
+    assert training.schedule_lr(c, 5000, 0.5) == pytest.approx(0.55)
+    assert training.schedule_lr(c, 5000, 1.0, rewarm_from=4995) == pytest.approx(0.1 * 0.6)
     e = SimpleNamespace(schedule="exp", lr=1.0, warmup=10, half_life=100.0, min_lr=0.3)
     assert training.schedule_lr(e, 100) == pytest.approx(0.5)
     assert training.schedule_lr(e, 1000) == pytest.approx(0.3)
