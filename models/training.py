@@ -131,6 +131,15 @@ def schedule_lr(args, step: int, frac: float = 0.0, rewarm_from: int | None = No
     return value
 
 
+def schedule_frac(args, before: float, ran: float, budget: float) -> float:
+    """The share of the time budget a cosine schedule has used after ``ran``
+    seconds of this run: ``cosine`` counts the ``before`` seconds of earlier
+    runs in both, ``anneal`` this run's ``budget`` alone."""
+    if getattr(args, "schedule", "cosine") == "anneal":
+        before = 0.0
+    return (before + ran) / max(1e-9, before + budget)
+
+
 def atomic_save(obj, path: Path) -> None:
     """``torch.save`` that never leaves a half-written file at ``path``."""
     path = Path(path)
@@ -532,10 +541,8 @@ class BudgetedTraining:
         t0 = last_ck = last_ev = time.time()
         self._seen_run0 = self.seen or 0
 
-        def frac() -> float:  # the cosine schedule's share of the time trained so far plus this budget
-            if getattr(a, "schedule", None) == "anneal":  # ... or of this run's budget alone
-                return (time.time() - t0) / max(1e-9, budget)
-            return (self.elapsed0 + time.time() - t0) / max(1e-9, self.elapsed0 + budget)
+        def frac() -> float:
+            return schedule_frac(a, self.elapsed0, time.time() - t0, budget)
 
         from tqdm import tqdm
 

@@ -25,6 +25,8 @@ def test_schedules_and_rewarm():
     assert training.schedule_lr(c, 0, 0.0) == pytest.approx(1.0)
     assert training.schedule_lr(c, 5000, 0.5) == pytest.approx(0.55)
     assert training.schedule_lr(c, 5000, 1.0, rewarm_from=4995) == pytest.approx(0.1 * 0.6)
+    assert training.schedule_frac(a, 300.0, 50.0, 100.0) == pytest.approx(0.875)  # earlier runs count
+    assert training.schedule_frac(c, 300.0, 50.0, 100.0) == pytest.approx(0.5)    # this run alone
     e = SimpleNamespace(schedule="exp", lr=1.0, warmup=10, half_life=100.0, min_lr=0.3)
     assert training.schedule_lr(e, 100) == pytest.approx(0.5)
     assert training.schedule_lr(e, 1000) == pytest.approx(0.3)
