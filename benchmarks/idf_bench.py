@@ -1,6 +1,6 @@
 """Benchmark the shipped IDF model through the public API: actual .amd bytes.
 
-    python benchmarks/idf_bench.py [--per-image 100] [--batch 600] [--stream {1,2}] [--workers N]
+    python benchmarks/idf_bench.py [--per-image 100] [--batch 600] [--stream {1,2,3}] [--workers N]
                                    [--out benchmarks/results/idf.json]
 
 Rows (schema of benchmarks/report.py):
@@ -20,9 +20,9 @@ log-likelihood on the same images (what an ideal coder would spend, without
 framing); ``model_bytes`` is the size of the weights file. ``--stream`` is the
 IDF payload layout (default: the shipped weights' own, ``Weights.stream``);
 another one codes with the shipped weights relabelled in this process only (a
-stream-2 weights version of the same network would write exactly these
+weights version of that stream and the same network would write exactly these
 files; nothing made here is kept). Stream 1 codes on one thread (the coder's
-fixed torch thread count, 1), stream 2 codes its lanes on ``--workers``
+fixed torch thread count, 1), streams 2 and 3 code their lanes on ``--workers``
 workers (``$AMDCOMPRESS_WORKERS``; default: one per lane up to the CPUs;
 forked processes, or threads with ``--lane-mode threads``);
 rows give images per wall second and per second of CPU time, this process's
@@ -116,12 +116,12 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=str(TEST))
     p.add_argument("--batch", type=int, default=600, help="images in the batch row")
     p.add_argument("--per-image", type=int, default=100, help="images in the per-image rows (0: none)")
-    p.add_argument("--stream", type=int, choices=(1, 2), default=None,
+    p.add_argument("--stream", type=int, choices=(1, 2, 3), default=None,
                    help="IDF payload layout (default: the shipped weights' own)")
     p.add_argument("--workers", type=int, default=None,
-                   help="lane workers for stream 2 (sets $AMDCOMPRESS_WORKERS; default: one per lane up to the CPUs)")
+                   help="lane workers for streams 2 and 3 (sets $AMDCOMPRESS_WORKERS; default: one per lane up to the CPUs)")
     p.add_argument("--lane-mode", choices=("processes", "threads"), default=None,
-                   help="how stream-2 lane workers run (sets $AMDCOMPRESS_LANE_MODE; default: processes where fork is safe)")
+                   help="how stream-2/3 lane workers run (sets $AMDCOMPRESS_LANE_MODE; default: processes where fork is safe)")
     p.add_argument("--no-auto", action="store_true", help="skip the per-image --model auto row")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "idf.json"))
     a = p.parse_args(argv)
@@ -155,8 +155,8 @@ def main(argv=None) -> int:
     params = {"weights": rec["file"], "sha256": rec["sha256"], "steps": rec.get("steps"),
               "coding_threads": idf_coding.CODING_THREADS, "stream": stream,
               "stream_relabelled": stream != shipped_stream,
-              "workers": lanes.workers_for(lanes.LANES) if stream == 2 else 1,
-              "lane_mode": workers.lane_mode() if stream == 2 else None}
+              "workers": lanes.workers_for(lanes.LANES) if stream >= 2 else 1,
+              "lane_mode": workers.lane_mode() if stream >= 2 else None}
 
     # -- batch: one .npy file, one stream
     x = np.ascontiguousarray(data[: a.batch])
@@ -178,7 +178,7 @@ def main(argv=None) -> int:
         "encode_images_per_cpu_s": len(x) / (c1 - c0), "decode_images_per_cpu_s": len(x) / (c2 - c1),
         "encode_cpu_s": c1 - c0, "decode_cpu_s": c2 - c1,
         "layout": f"one .npy batch {x.shape}, one .amd file"
-                  + (f", stream 2: lanes of {amdcompress.info(blob).details['lane_bytes']} bytes" if stream == 2
+                  + (f", stream {stream}: lanes of {amdcompress.info(blob).details['lane_bytes']} bytes" if stream >= 2
                      else ", stream 1: one ANS stream"),
         "params": params,
     })

@@ -97,7 +97,7 @@ MODELS: dict[str, Model] = {m.name: m for m in (
            Weights("idf-v3", "57421c7a41bea4c4eec74a3558a2aa84ed86413f4d4f68495e4f5ea019c10538"),
            Weights("idf-v2", "61194378142537dcb1220976ef349d2f3f6867a34e9149ddec7cebe1c982d2af")),
           "Integer Discrete Flow (3 levels, logistic-mixture priors): RGB images and batches",
-          auto=True, checksum_in_payload=True, details=True, streams=(1, 2)),
+          auto=True, checksum_in_payload=True, details=True, streams=(1, 2, 3)),
     Model("diffusion", 17, "text", "amdcompress.models.diffusion.coding",
           (Weights("diffusion-v1", "6a4726ea4622268586266a2c81831ddd62a8fc83a236042c467c6d1906524eda"),),
           "text: multinomial diffusion (Hoogeboom et al. 2021), bits-back along the chain", details=True,

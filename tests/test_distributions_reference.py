@@ -253,6 +253,57 @@ def test_windowed_and_ring_bits(hw):
          ref_windowed(np.zeros(0, np.int64), hw, np.zeros((0, 2)), np.zeros((0, 2))))
 
 
+def ref_binned(starts, step, bins, escape, means, log_scales, logit_weights):
+    """The definition of MixtureRows.binned_table: bin i's mass from the CDF at
+    its outer edges start + i*step - 1/2, start + (i+1)*step - 1/2 (components
+    added in order onto 0.0), the escape max(norm - the bins' sum left to
+    right, 0), then the quantizer."""
+    mu, inv_s, pi, norm = ref_mixture_params(means, log_scales, logit_weights)
+    edges = (np.asarray(starts, dtype=np.int64)[:, None] + step * np.arange(bins + 1)[None, :]).astype(np.float64) - 0.5
+    w = np.zeros((len(edges), bins), dtype=np.float64)
+    for j in range(mu.shape[1]):
+        cdf = ref_det_sigmoid((edges - mu[:, j : j + 1]) * inv_s[:, j : j + 1])
+        mass = np.maximum(cdf[:, 1:] - cdf[:, :-1], 0.0) * pi[:, j : j + 1]
+        w = w + mass
+    if escape:
+        w = np.concatenate([w, np.maximum(norm - np.cumsum(w, axis=1)[:, -1:], 0.0)], axis=1)
+    return ref_quantize_weights(w)
+
+
+@pytest.mark.parametrize("step,bins", [(1, 1), (1, 5), (3, 7), (25, 4), (64, 8), (1, 97), (441, 19)])
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_binned_tables_bits(step, bins):
+    """MixtureRows.binned_table (stream 3's tables) is its definition, bit for
+    bit, on row subsets, with and without the escape; with step 1 and the
+    escape it is the windowed table."""
+    rng = np.random.default_rng(step * 100 + bins)
+    n = max(3, min(3000, 300000 // (bins + 1)))
+    for m in (1, 5):
+        mu = (np.round(rng.uniform(-500, 500, (n, m)) * 1024) / 1024).astype(np.float32)
+        ls = np.clip(rng.normal(1, 3, (n, m)), -7, 12).astype(np.float32)
+        lw = rng.normal(0, 3, (n, m)).astype(np.float32)
+        centers = np.rint(mu[:, 0]).astype(np.int64)
+        starts = centers - rng.integers(0, step * bins + 2, n)
+        mix = D.MixtureRows(centers, *D._mixture_params(mu, ls, lw))
+        rows = np.sort(rng.permutation(n)[: max(1, n // 3)])
+        for escape in (True, False):
+            same(mix.binned_table(starts, step, bins, escape), ref_binned(starts, step, bins, escape, mu, ls, lw))
+            same(mix.binned_table(starts[rows], step, bins, escape, rows),
+                 ref_binned(starts[rows], step, bins, escape, mu[rows], ls[rows], lw[rows]))
+        if step == 1 and bins % 2:
+            hw = bins // 2
+            same(mix.binned_table(centers - hw, 1, bins, True), mix.table(hw))
+    with np.errstate(all="ignore"):
+        bad = np.full((4, 2), np.nan, dtype=np.float32)
+        c = np.array([0, 5, -7, 2**40])
+        mix = D.MixtureRows(c, *D._mixture_params(bad, bad, bad))
+        same(mix.binned_table(c, step, bins, True), ref_binned(c, step, bins, True, bad, bad, bad))
+    empty = D.MixtureRows(np.zeros(0, np.int64), *D._mixture_params(np.zeros((0, 2)), np.zeros((0, 2)), np.zeros((0, 2))))
+    assert empty.binned_table(np.zeros(0, np.int64), step, bins, True).shape == (0, bins + 1)
+    with pytest.raises(ValueError):
+        empty.binned_table(np.zeros(1, np.int64), step, bins, True)  # one start per row
+
+
 @pytest.mark.parametrize("k", [2, 3, 27, 64, 65, 300])
 def test_ties_for_the_largest_count(k):
     """The deficit goes to the first of equal largest counts, in every layout."""

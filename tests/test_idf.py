@@ -511,6 +511,59 @@ def test_coded_size_matches_model_nll():
     assert 8 * len(payload) >= nll * 0.99
 
 
+# -- the part coders: one-level windows (streams 1, 2) and binned digits (stream 3) ------------
+
+
+def _mixture_rows(n: int, seed: int, spread: float = 1.0):
+    """Grid-valued mixture parameters (n, 5) and latents drawn from each row's
+    mixture (plus, with ``spread`` > 1, values far outside every window)."""
+    rng = np.random.default_rng(seed)
+    g = lambda a: torch.from_numpy((np.round(a * 1024) / 1024).astype(np.float32))  # noqa: E731
+    mu = g(rng.normal(0, 200, (n, 1)) + rng.normal(0, 5, (n, 5)))
+    ls = g(rng.uniform(-1.5, 4, (n, 5)))
+    lg = g(rng.normal(0, 1.5, (n, 5)))
+    k = torch.multinomial(torch.softmax(lg.double(), 1), 1)[:, 0]
+    u = torch.rand(n, dtype=torch.float64).clamp(1e-9, 1 - 1e-9)
+    z = torch.round(mu[torch.arange(n), k].double() + torch.exp(ls[torch.arange(n), k].double()) * torch.log(u / (1 - u)))
+    z = z.clamp(idf_coding.LO, idf_coding.HI).numpy().astype(np.int64)
+    if spread > 1:
+        far = rng.random(n) < 0.05
+        z[far] = rng.integers(idf_coding.LO, idf_coding.HI + 1, int(far.sum()))
+        z[:2] = idf_coding.LO, idf_coding.HI
+    return mu, ls, lg, z
+
+
+@pytest.mark.parametrize("stream", [1, 3])
+@pytest.mark.parametrize("spread", [1.0, 9.0])
+def test_part_coders_round_trip_and_cost_the_model_mass(stream, spread):
+    """Each part coder pops exactly what it pushed (escapes and the ends of
+    [LO, HI] included), and on values drawn from the mixtures its size is the
+    mixtures' -log2 mass (float64) within a few bits: windows, digits and
+    escapes add no measurable cost."""
+    from amdcompress.codecs import Message
+    from amdcompress.models.idf.network import logistic_mixture_logp
+
+    mu, ls, lg, z = _mixture_rows(3000, seed=int(spread) + stream, spread=spread)
+    coder = idf_coding.PART_CODERS[stream](mu, ls, lg)
+    m = coder.push(Message.empty(), z)
+    blob = m.to_bytes()
+    m2, back = idf_coding.PART_CODERS[stream](mu, ls, lg).pop(Message.from_bytes(blob))
+    assert np.array_equal(back, z) and m2.is_empty()
+    if spread == 1.0:
+        zt = torch.from_numpy(z.astype(np.float64)).view(-1, 1, 1, 1)
+        nll = -float(logistic_mixture_logp(zt, *(t.double().view(-1, 1, 1, 1, 5) for t in (mu, ls, lg))).sum()) / np.log(2)
+        assert nll - 64 <= 8 * len(blob) <= nll * 1.0005 + 96
+
+
+def test_stream3_digits_cover_every_window():
+    """Stream 3's digits: 2 or 3 levels, each width a multiple of the next,
+    the first level's bins covering the whole window, the last width 1."""
+    for hw, (nb, widths) in zip(idf_coding.HALF_WINDOWS, idf_coding.DIGITS):
+        assert len(widths) == (3 if hw >= idf_coding.THREE_LEVELS_FROM else 2) and widths[-1] == 1
+        assert all(a % b == 0 and a > b for a, b in zip(widths, widths[1:]))
+        assert nb * widths[0] >= 2 * hw + 1 > (nb - 1) * widths[0]
+
+
 # -- the context probe (benchmarks/idf_context_probe.py) ---------------------------------
 
 

@@ -1,8 +1,9 @@
-"""IDF stream 2 (models/idf/lanes.py): the version byte, the lane head, lanes
-coded on worker threads with bytes that never depend on the workers, stream 1
-unchanged, one-line errors on damaged heads, the backend and ``info`` with a
-stream-2 weights version, and the frozen tiny-model payloads of
-tests/golden/idf_stream2/."""
+"""IDF streams 2 and 3 (models/idf/lanes.py): the version byte, the lane head,
+lanes coded on worker threads with bytes that never depend on the workers,
+stream 1 unchanged, stream 3's lanes coded with the binned part coder, one-line
+errors on damaged heads, the backend and ``info`` with a stream-2 weights
+version, and the frozen tiny-model payloads of tests/golden/idf_stream2/
+(streams 2 and 3)."""
 from __future__ import annotations
 
 import functools
@@ -42,15 +43,21 @@ def batch(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
     return images(n, h, w, seed=seed) if n else np.zeros((0, h, w, 3), np.uint8)
 
 
-def enc(x, crc=None, workers=None) -> bytes:
-    return C.compress(model(), x, checksum=crc, stream=2, workers=workers)
+def enc(x, crc=None, workers=None, stream=2) -> bytes:
+    return C.compress(model(), x, checksum=crc, stream=stream, workers=workers)
 
 
-def dec(p, shape, crc=None, workers=None):
+def dec(p, shape, crc=None, workers=None, stream=2):
     """Decode as the container would: checked when a checksum was written."""
     if crc is None:
-        return C.decompress(model(), p, shape, stream=2, workers=workers), None
-    return C.decompress_checked(model(), p, shape, stream=2, workers=workers)
+        return C.decompress(model(), p, shape, stream=stream, workers=workers), None
+    return C.decompress_checked(model(), p, shape, stream=stream, workers=workers)
+
+
+def lane_payload(x, crc, stream) -> bytes:
+    """One lane of ``stream``: the stream-1 message of ``x`` with that stream's part coder."""
+    with C._coding():
+        return C.encode_message(model(), x, crc, None, stream)
 
 
 def _one_line_error(fn, *args, **kw) -> str:
@@ -66,27 +73,43 @@ def _one_line_error(fn, *args, **kw) -> str:
 
 @pytest.mark.parametrize("n,h,w", [(1, 20, 28), (2, 32, 32), (3, 1, 1), (7, 33, 31)])
 @pytest.mark.parametrize("crc", [None, 0xDEADBEEF])
-def test_round_trip_and_workers_do_not_change_bytes(n, h, w, crc):
+@pytest.mark.parametrize("stream", [2, 3])
+def test_round_trip_and_workers_do_not_change_bytes(n, h, w, crc, stream):
     x = batch(n, h, w, seed=n)
-    p = enc(x, crc, workers=1)
-    assert enc(x, crc, workers=2) == p  # the bytes never depend on the workers
+    p = enc(x, crc, workers=1, stream=stream)
+    assert enc(x, crc, workers=2, stream=stream) == p  # the bytes never depend on the workers
     for workers in (1, 2):
-        out, carried = dec(p, x.shape, crc, workers)
+        out, carried = dec(p, x.shape, crc, workers, stream)
         assert np.array_equal(out, x) and carried == crc
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 7])
 @pytest.mark.parametrize("crc", [None, 7])
-def test_layout_version_byte_lane_head_and_stream1_lanes(n, crc):
-    """0x02, then (N >= 2) the lane count and all but the last lane's length;
-    each lane is exactly the stream-1 payload of its images."""
+@pytest.mark.parametrize("stream", [2, 3])
+def test_layout_version_byte_lane_head_and_stream1_lanes(n, crc, stream):
+    """0x02 (0x03), then (N >= 2) the lane count and all but the last lane's
+    length; each lane is exactly the stream-1 payload of its images (stream 2),
+    that message with the binned part coder (stream 3)."""
     x = batch(n, 8, 12, seed=3)
-    p = enc(x, crc)
+    p = enc(x, crc, stream=stream)
     L = min(2, max(n, 1))
-    parts = [C.encode(model(), x[i * n // L : (i + 1) * n // L], checksum=crc) for i in range(L)]
-    head = b"\x02" + (write_varint(L) + b"".join(write_varint(len(b)) for b in parts[:-1]) if n >= 2 else b"")
+    parts = [lane_payload(x[i * n // L : (i + 1) * n // L], crc, stream) for i in range(L)]
+    if stream == 2:
+        assert parts == [C.encode(model(), x[i * n // L : (i + 1) * n // L], checksum=crc) for i in range(L)]
+    head = bytes([stream]) + (write_varint(L) + b"".join(write_varint(len(b)) for b in parts[:-1]) if n >= 2 else b"")
     assert p == head + b"".join(parts)
-    assert C.details(p, x.shape, stream=2) == {"idf_stream": 2, "lanes": L, "lane_bytes": [len(b) for b in parts]}
+    assert C.details(p, x.shape, stream=stream) == {"idf_stream": stream, "lanes": L,
+                                                    "lane_bytes": [len(b) for b in parts]}
+
+
+def test_streams_2_and_3_are_told_apart():
+    """The same images in streams 2 and 3: other lanes (another part coder),
+    and each stream's decoder refuses the other's version byte."""
+    x = batch(3, 16, 16, seed=4)
+    two, three = enc(x, 11, stream=2), enc(x, 11, stream=3)
+    assert two[0] == 2 and three[0] == 3 and two[1:] != three[1:]
+    _one_line_error(dec, three, x.shape, 11, stream=2)
+    _one_line_error(dec, two, x.shape, 11, stream=3)
 
 
 def test_stream1_is_unchanged():
@@ -101,9 +124,9 @@ def test_stream1_is_unchanged():
     assert C.details(p, x.shape) == {"idf_stream": 1}
     for name in ("idf-v4", "idf-v3", "idf-v2"):  # shipped stream-1 weights stay stream 1
         assert registry.weights(name).stream == 1
-    assert registry.MODELS["idf"].streams == C.STREAMS == (1, 2)
-    with pytest.raises(AmdError, match="stream version 3"):
-        C.compress(model(), x, stream=3)
+    assert registry.MODELS["idf"].streams == C.STREAMS == (1, 2, 3)
+    with pytest.raises(AmdError, match="stream version 4"):
+        C.compress(model(), x, stream=4)
 
 
 def test_decoder_accepts_any_lane_count_up_to_n():
@@ -239,45 +262,46 @@ def test_damage_never_passes_the_container_check(where, bit, cut):
 # -- hypothesis round trip --------------------------------------------------------------
 
 
-def _round_trip(n, h, w, seed, with_crc, workers):
+def _round_trip(n, h, w, seed, with_crc, workers, stream):
     x = np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
     crc = zlib.crc32(x.tobytes()) if with_crc else None
-    p = enc(x, crc, workers=workers)
-    out, carried = dec(p, x.shape, crc, workers=3 - workers)
+    p = enc(x, crc, workers=workers, stream=stream)
+    out, carried = dec(p, x.shape, crc, workers=3 - workers, stream=stream)
     assert np.array_equal(out, x) and carried == crc
-    assert p[0] == 2 and C.details(p, x.shape, stream=2)["lanes"] == min(2, n)
+    assert p[0] == stream and C.details(p, x.shape, stream=stream)["lanes"] == min(2, n)
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(n=st.integers(1, 4), h=st.integers(1, 9), w=st.integers(1, 9), seed=st.integers(0, 2**32 - 1),
-       with_crc=st.booleans(), workers=st.sampled_from([1, 2]))
-def test_random_batches_round_trip(n, h, w, seed, with_crc, workers):
-    _round_trip(n, h, w, seed, with_crc, workers)
+       with_crc=st.booleans(), workers=st.sampled_from([1, 2]), stream=st.sampled_from([2, 3]))
+def test_random_batches_round_trip(n, h, w, seed, with_crc, workers, stream):
+    _round_trip(n, h, w, seed, with_crc, workers, stream)
 
 
 @pytest.mark.slow
 @settings(max_examples=80, deadline=None)
 @given(n=st.integers(1, 9), h=st.integers(1, 40), w=st.integers(1, 40), seed=st.integers(0, 2**32 - 1),
-       with_crc=st.booleans(), workers=st.sampled_from([1, 2]))
-def test_random_batches_round_trip_long(n, h, w, seed, with_crc, workers):
-    _round_trip(n, h, w, seed, with_crc, workers)
+       with_crc=st.booleans(), workers=st.sampled_from([1, 2]), stream=st.sampled_from([2, 3]))
+def test_random_batches_round_trip_long(n, h, w, seed, with_crc, workers, stream):
+    _round_trip(n, h, w, seed, with_crc, workers, stream)
 
 
 _CHILD = """
 import sys, numpy as np
 from amdcompress.models import registry
 from amdcompress.models.idf import coding as C
-weights, images, out = sys.argv[1:]
+weights, images, out, stream = sys.argv[1:]
 m = C.load(registry.read_weights(weights))
 x = np.load(images)
-open(out, "wb").write(C.compress(m, x, checksum=123, stream=2))
+open(out, "wb").write(C.compress(m, x, checksum=123, stream=int(stream)))
 """
 
 
 @pytest.mark.slow
-def test_separate_processes_agree_whatever_their_threads(tmp_path):
-    """Stream 2 encoded here (workers 1) and in children with other worker and
-    torch thread settings in their environment: identical bytes."""
+@pytest.mark.parametrize("stream", [2, 3])
+def test_separate_processes_agree_whatever_their_threads(tmp_path, stream):
+    """Streams 2 and 3 encoded here (workers 1) and in children with other
+    worker and torch thread settings in their environment: identical bytes."""
     import os
     import subprocess
     import sys
@@ -287,9 +311,10 @@ def test_separate_processes_agree_whatever_their_threads(tmp_path):
     torch.save({"config": m.config, "state_dict": m.state_dict()}, w)
     x = batch(5, 24, 20, seed=7)
     np.save(tmp_path / "x.npy", x)
-    here = C.compress(C.load(registry.read_weights(w)), x, checksum=123, stream=2, workers=1)
+    here = C.compress(C.load(registry.read_weights(w)), x, checksum=123, stream=stream, workers=1)
     for env in ({"AMDCOMPRESS_WORKERS": "2", "OMP_NUM_THREADS": "2"}, {"AMDCOMPRESS_WORKERS": "1"}):
-        subprocess.run([sys.executable, "-c", _CHILD, str(w), str(tmp_path / "x.npy"), str(tmp_path / "c.bin")],
+        subprocess.run([sys.executable, "-c", _CHILD, str(w), str(tmp_path / "x.npy"), str(tmp_path / "c.bin"),
+                        str(stream)],
                        check=True, env=dict(os.environ, **env), timeout=300)
         assert (tmp_path / "c.bin").read_bytes() == here, env
 
@@ -363,14 +388,14 @@ def test_backend_codes_with_the_weights_stream(tiny_weights, tmp_path, monkeypat
     assert json.loads(capsys.readouterr().out)["details"] == det
     assert main(["models", "--json"]) == 0
     idf = next(r for r in json.loads(capsys.readouterr().out) if r["name"] == "idf")
-    assert idf["streams"] == [1, 2] and [v["stream"] for v in idf["versions"]] == [2]
+    assert idf["streams"] == [1, 2, 3] and [v["stream"] for v in idf["versions"]] == [2]
 
 
 def test_weights_of_an_undeclared_stream_are_refused(tiny_weights, monkeypatch):
     import amdcompress
 
-    install_backend(monkeypatch, "idf", tiny_weights, stream=3)
-    with pytest.raises(AmdError, match="stream version 3"):
+    install_backend(monkeypatch, "idf", tiny_weights, stream=4)
+    with pytest.raises(AmdError, match="stream version 4"):
         amdcompress.compress(_npy(batch(2, 8, 8)), model="idf")
 
 
@@ -387,10 +412,10 @@ def golden_model():
 
 
 @pytest.mark.parametrize("entry", MANIFEST["entries"], ids=[e["payload"] for e in MANIFEST["entries"]])
-def test_golden_stream2_payloads(entry):
+def test_golden_lane_payloads(entry):
     """Each frozen payload decodes to exactly its images (either worker count)
-    and encoding them again gives exactly its bytes: the stream-2 format is
-    pinned before real stream-2 weights ship."""
+    and encoding them again gives exactly its bytes: the stream-2 and stream-3
+    formats are pinned by a tiny model, whatever real weights ship."""
     blob = (GOLDEN / entry["payload"]).read_bytes()
     raw = (GOLDEN / entry["images"]).read_bytes()
     assert hashlib.sha256(blob).hexdigest() == entry["sha256"]
@@ -399,13 +424,14 @@ def test_golden_stream2_payloads(entry):
     assert list(x.shape) == entry["shape"]
     m, crc = golden_model(), entry["checksum"]
     assert crc is None or crc == zlib.crc32(x.tobytes())
-    assert C.details(blob, x.shape, stream=2) == {"idf_stream": 2, "lanes": entry["lanes"],
-                                                  "lane_bytes": entry["lane_bytes"]}
+    stream = entry["stream"]
+    assert C.details(blob, x.shape, stream=stream) == {"idf_stream": stream, "lanes": entry["lanes"],
+                                                       "lane_bytes": entry["lane_bytes"]}
     for workers in (1, 2):
         if crc is None:
-            out = C.decompress(m, blob, x.shape, stream=2, workers=workers)
+            out = C.decompress(m, blob, x.shape, stream=stream, workers=workers)
         else:
-            out, carried = C.decompress_checked(m, blob, x.shape, stream=2, workers=workers)
+            out, carried = C.decompress_checked(m, blob, x.shape, stream=stream, workers=workers)
             assert carried == crc
         assert np.array_equal(out, x)
-        assert C.compress(m, x, checksum=crc, stream=2, workers=workers) == blob
+        assert C.compress(m, x, checksum=crc, stream=stream, workers=workers) == blob

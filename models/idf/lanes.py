@@ -1,8 +1,8 @@
-"""IDF stream 2: a version byte, then independent lanes coded side by side.
+"""IDF streams 2 and 3: a version byte, then independent lanes coded side by side.
 
-Layout of a stream-2 payload of ``N`` images::
+Layout of a stream-2 (stream-3) payload of ``N`` images::
 
-    0x02                                  the stream version (varint.write_head)
+    0x02 (0x03)                           the stream version (varint.write_head)
     varint L, varint len_0 .. len_{L-2}   only if N >= 2 (N <= 1: L = 1, nothing written)
     lane_0 lane_1 ... lane_{L-1}          the last lane takes the rest of the payload
 
@@ -10,8 +10,10 @@ Lane ``i`` holds images ``[i*N//L, (i+1)*N//L)`` and is exactly the stream-1
 payload of those images (:func:`.coding.encode_message`: one ANS message,
 images in network batches of :data:`.coding.PIXELS_PER_CHUNK` padded pixels,
 anchored on the container's checksum when there is one, each lane on the same
-value). The encoder writes ``L = min(LANES, N)``; the decoder reads any
-``1 <= L <= N``.
+value). In stream 3 each lane is that message with the latents coded by
+:class:`.coding.BinnedPartCoder` instead of :class:`.coding.PartCoder`; the
+layout is the same. The encoder writes ``L = min(LANES, N)``; the decoder
+reads any ``1 <= L <= N``.
 
 Guarantees:
 
@@ -92,11 +94,11 @@ def workers_for(lanes: int, workers: int | None = None) -> int:
 # the head
 
 
-def write_lanes_head(n: int, lanes: list[bytes]) -> bytes:
+def write_lanes_head(n: int, lanes: list[bytes], stream: int = STREAM_VERSION) -> bytes:
     """The head in front of ``lanes`` (the lane payloads) of ``n`` images."""
     if n <= 1:
-        return write_head(STREAM_VERSION)
-    return write_head(STREAM_VERSION, len(lanes), *(len(b) for b in lanes[:-1]))
+        return write_head(stream)
+    return write_head(stream, len(lanes), *(len(b) for b in lanes[:-1]))
 
 
 def _read_field(payload: bytes, pos: int) -> tuple[int, int]:
@@ -107,14 +109,14 @@ def _read_field(payload: bytes, pos: int) -> tuple[int, int]:
     return v, end
 
 
-def split_lanes(payload: bytes, n: int) -> list[bytes]:
-    """A stream-2 payload of ``n`` images -> its lane payloads; AmdError (one
+def split_lanes(payload: bytes, n: int, stream: int = STREAM_VERSION) -> list[bytes]:
+    """A stream-2 (``stream``) payload of ``n`` images -> its lane payloads; AmdError (one
     line, "corrupt payload ...") on another version, a lane count outside
     ``1..n``, a head varint not in its shortest form, or lane lengths that do
     not fit the payload."""
     payload = bytes(payload)
     try:
-        _, pos = read_head(payload, STREAM_VERSION, 0, "idf")
+        _, pos = read_head(payload, stream, 0, "idf")
         if n <= 1:
             lanes, sizes = 1, []
         else:
@@ -137,10 +139,10 @@ def split_lanes(payload: bytes, n: int) -> list[bytes]:
     return out
 
 
-def details(payload: bytes, n: int) -> dict:
-    """What ``amdcompress info`` shows of a stream-2 payload: its version, lanes and their bytes."""
-    lanes = split_lanes(payload, n)
-    return {"idf_stream": STREAM_VERSION, "lanes": len(lanes), "lane_bytes": [len(b) for b in lanes]}
+def details(payload: bytes, n: int, stream: int = STREAM_VERSION) -> dict:
+    """What ``amdcompress info`` shows of a stream-2 (``stream``) payload: its version, lanes and their bytes."""
+    lanes = split_lanes(payload, n, stream)
+    return {"idf_stream": stream, "lanes": len(lanes), "lane_bytes": [len(b) for b in lanes]}
 
 
 # ---------------------------------------------------------------------------
@@ -161,8 +163,8 @@ def _close(bar) -> None:
 
 
 def encode(model, images: np.ndarray, progress: Callable | None = None, checksum: int | None = None,
-           workers: int | None = None) -> bytes:
-    """uint8 (N, H, W, C) -> the stream-2 payload (see the module docstring)."""
+           workers: int | None = None, stream: int = STREAM_VERSION) -> bytes:
+    """uint8 (N, H, W, C) -> the stream-2 (``stream``) payload (see the module docstring)."""
     from . import coding
 
     images = coding.check_images(model, images)
@@ -172,21 +174,21 @@ def encode(model, images: np.ndarray, progress: Callable | None = None, checksum
     model.eval()
     try:
         with coding._coding(CODING_THREADS):
-            lanes = run_jobs([lambda tick, s=s, e=e: coding.encode_message(model, images[s:e], checksum, tick)
+            lanes = run_jobs([lambda tick, s=s, e=e: coding.encode_message(model, images[s:e], checksum, tick, stream)
                               for s, e in bounds], workers_for(len(bounds), workers), _update(bar))
     finally:
         _close(bar)
-    return write_lanes_head(n, lanes) + b"".join(lanes)
+    return write_lanes_head(n, lanes, stream) + b"".join(lanes)
 
 
 def decode(model, payload: bytes, shape, progress: Callable | None = None, checked: bool = False,
-           workers: int | None = None) -> tuple[np.ndarray, int | None]:
-    """A stream-2 payload -> (images, the checksum the lanes carried, or None
+           workers: int | None = None, stream: int = STREAM_VERSION) -> tuple[np.ndarray, int | None]:
+    """A stream-2 (``stream``) payload -> (images, the checksum the lanes carried, or None
     unless ``checked``); AmdError if it is corrupt or its lanes disagree."""
     from . import coding
 
     n, h, w, c = coding.check_shape(model, shape)
-    lanes = split_lanes(payload, n)
+    lanes = split_lanes(payload, n, stream)
     bounds = lane_bounds(n, len(lanes))
     # parsed here, in the caller's thread, in their canonical form only (as format-3 containers
     # ask of every stream; stream 2 has no older form to accept)
@@ -200,7 +202,7 @@ def decode(model, payload: bytes, shape, progress: Callable | None = None, check
     model.eval()
 
     def lane(tick, m, s, e):
-        x, m = coding.decode_message(model, m, (e - s, h, w, c), tick)
+        x, m = coding.decode_message(model, m, (e - s, h, w, c), tick, stream)
         return x, coding.close_message(m, checked)
 
     try:

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Golden IDF stream-2 payloads: the lane format, frozen before real stream-2
-weights ship.
+"""Golden IDF stream-2 and stream-3 payloads: the lane formats, frozen by a
+tiny model (stream 2 before real stream-2 weights shipped; stream 3, the binned
+part coder, before real stream-3 weights ship).
 
 A tiny IDF (``tiny.pt``: random weights of ``tests/test_idf.py``'s
 ``tiny_model(3, top_groups=2, context_levels=(0,))``, float16 as shipped
 weights are stored) codes small batches (``*.npy``, uint8 (N, H, W, 3)) with
-``coding.compress(..., stream=2)``; ``manifest.json`` records, per payload,
-its images, shape, checksum (the CRC-32 of the images' bytes, or none), lane
+``coding.compress(..., stream=S)``; ``manifest.json`` records, per payload,
+its stream, images, shape, checksum (the CRC-32 of the images' bytes, or none), lane
 count and lane bytes, and the SHA-256 of every file.
 ``tests/test_idf_lanes.py`` checks that each payload decodes to exactly its
 images and that encoding them again gives exactly the committed bytes.
@@ -33,12 +34,19 @@ HERE = Path(__file__).resolve().parent
 MANIFEST = HERE / "manifest.json"
 WEIGHTS = HERE / "tiny.pt"
 
-# payload -> (images file, how the images are made, with a checksum)
+_MADE = {
+    "n3_20x28.npy": "cifar10/test.npy images 0..2, rows 0..19, columns 0..27",
+    "n1_33x31.npy": "synthetic: a colour ramp plus noise, numpy default_rng(5) (CIFAR is 32x32)",
+    "n7_8x8.npy": "cifar10/test.npy images 10..16, rows 8..15, columns 4..11",
+}
+# payload -> (stream, images file, with a checksum)
 CASES = {
-    "n3_20x28_crc.bin": ("n3_20x28.npy", "cifar10/test.npy images 0..2, rows 0..19, columns 0..27", True),
-    "n1_33x31.bin": ("n1_33x31.npy", "synthetic: a colour ramp plus noise, numpy default_rng(5) (CIFAR is 32x32)",
-                     False),
-    "n7_8x8_crc.bin": ("n7_8x8.npy", "cifar10/test.npy images 10..16, rows 8..15, columns 4..11", True),
+    "n3_20x28_crc.bin": (2, "n3_20x28.npy", True),
+    "n1_33x31.bin": (2, "n1_33x31.npy", False),
+    "n7_8x8_crc.bin": (2, "n7_8x8.npy", True),
+    "s3_n3_20x28_crc.bin": (3, "n3_20x28.npy", True),
+    "s3_n1_33x31.bin": (3, "n1_33x31.npy", False),
+    "s3_n7_8x8_crc.bin": (3, "n7_8x8.npy", True),
 }
 
 
@@ -98,7 +106,8 @@ def main(argv=None) -> int:
         print(f"wrote {WEIGHTS.name}")
     model = load_model()
     entries, problems = [], 0
-    for payload_name, (images_name, how, with_crc) in CASES.items():
+    for payload_name, (stream, images_name, with_crc) in CASES.items():
+        how = _MADE[images_name]
         ipath = HERE / images_name
         if not ipath.exists():
             if not a.write:
@@ -109,13 +118,13 @@ def main(argv=None) -> int:
             print(f"wrote {images_name}")
         x = np.load(ipath)
         crc = checksum_of(x) if with_crc else None
-        blob = coding.compress(model, x, checksum=crc, stream=2)
+        blob = coding.compress(model, x, checksum=crc, stream=stream)
         ppath = HERE / payload_name
         if ppath.exists() and ppath.read_bytes() == blob:
             print(f"ok     {payload_name} {len(blob)} bytes")
         elif a.write:
-            decoded = (coding.decompress_checked(model, blob, x.shape, stream=2)[0] if with_crc
-                       else coding.decompress(model, blob, x.shape, stream=2))
+            decoded = (coding.decompress_checked(model, blob, x.shape, stream=stream)[0] if with_crc
+                       else coding.decompress(model, blob, x.shape, stream=stream))
             assert np.array_equal(decoded, x), "does not decode to its images"
             ppath.write_bytes(blob)
             print(f"wrote  {payload_name} {len(blob)} bytes")
@@ -123,14 +132,15 @@ def main(argv=None) -> int:
             print(f"{'DIFFER' if ppath.exists() else 'MISSING'} {payload_name}")
             problems += 1
             continue
-        det = lanes.details(blob, len(x))
-        entries.append({"payload": payload_name, "sha256": _sha(blob), "bytes": len(blob),
+        det = lanes.details(blob, len(x), stream)
+        entries.append({"payload": payload_name, "stream": stream, "sha256": _sha(blob), "bytes": len(blob),
                         "images": images_name, "images_sha256": _sha(ipath.read_bytes()), "images_made": how,
                         "shape": list(x.shape), "checksum": crc, "lanes": det["lanes"],
                         "lane_bytes": det["lane_bytes"]})
     if a.write and not problems:
         MANIFEST.write_text(json.dumps({
-            "about": "IDF stream-2 payloads of a tiny model (coding.compress(model, images, checksum=, stream=2)); "
+            "about": "IDF stream-2 and stream-3 payloads of a tiny model (coding.compress(model, images, "
+                     "checksum=, stream=S)); "
                      "tests/test_idf_lanes.py decodes them and re-encodes them to the same bytes",
             "regenerate": "python tests/golden/idf_stream2/make.py --write  (see its docstring)",
             "weights": {"file": WEIGHTS.name, "sha256": registry.sha256_file(WEIGHTS)},
