@@ -564,6 +564,29 @@ def test_stream3_digits_cover_every_window():
         assert nb * widths[0] >= 2 * hw + 1 > (nb - 1) * widths[0]
 
 
+@shipped
+@pytest.mark.skipif(not CIFAR_TEST.exists(), reason="CIFAR test subset not available")
+def test_lane_profile_script_splits_the_time(tmp_path):
+    """benchmarks/idf_profile.py: a verified lane per stream, the time split
+    into network, tables and ANS that add up to the lane's wall time, the
+    instrumentation undone afterwards."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks import idf_profile
+    from amdcompress.codecs.distributions import MixtureRows
+
+    before = (idf_coding.Categorical, idf_coding.Uniform, IDF.analyse, IDF.generate, MixtureRows.binned_table)
+    out = tmp_path / "p.json"
+    assert idf_profile.main(["--images", "2", "--repeat", "1", "--streams", "2", "3", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["stream"] for r in rows] == [2, 3] and all(r["verified"] for r in rows)
+    for r in rows:
+        for side in ("encode", "decode"):
+            t = r[side]
+            assert min(t["network_s"], t["tables_s"], t["ans_s"]) > 0
+            assert abs(t["network_s"] + t["tables_s"] + t["ans_s"] + t["other_s"] - t["wall_s"]) < 1e-6
+    assert (idf_coding.Categorical, idf_coding.Uniform, IDF.analyse, IDF.generate, MixtureRows.binned_table) == before
+
+
 # -- the context probe (benchmarks/idf_context_probe.py) ---------------------------------
 
 
