@@ -91,7 +91,8 @@ class Model:
 
 MODELS: dict[str, Model] = {m.name: m for m in (
     Model("idf", 16, "image", "amdcompress.models.idf.coding",
-          (Weights("idf-v6", "7e1c302f2810885cc488b39bc6641bfc5f3621a2e71393824bb78a22735a8d96", stream=2),
+          (Weights("idf-v7", "40248b3e4ac5f1f230a92aa6480a9eb9ea3e7bb3b117074b2e77cfeb68c900bf", stream=3),
+           Weights("idf-v6", "7e1c302f2810885cc488b39bc6641bfc5f3621a2e71393824bb78a22735a8d96", stream=2),
            Weights("idf-v5", "3083d74788acaf77da965e96c4af070e7e501af1e042e368925b009080bdc333", stream=2),
            Weights("idf-v4", "c602ccee67c5133f87e573ea34968db7359be1dc1cbc4771f41c6aa247035f7a"),
            Weights("idf-v3", "57421c7a41bea4c4eec74a3558a2aa84ed86413f4d4f68495e4f5ea019c10538"),
