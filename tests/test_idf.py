@@ -575,6 +575,7 @@ def test_lane_profile_script_splits_the_time(tmp_path):
     from amdcompress.codecs.distributions import MixtureRows
 
     before = (idf_coding.Categorical, idf_coding.Uniform, IDF.analyse, IDF.generate, MixtureRows.binned_table)
+    threads = torch.get_num_threads()
     out = tmp_path / "p.json"
     assert idf_profile.main(["--images", "2", "--repeat", "1", "--streams", "2", "3", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
@@ -585,6 +586,7 @@ def test_lane_profile_script_splits_the_time(tmp_path):
             assert min(t["network_s"], t["tables_s"], t["ans_s"]) > 0
             assert abs(t["network_s"] + t["tables_s"] + t["ans_s"] + t["other_s"] - t["wall_s"]) < 1e-6
     assert (idf_coding.Categorical, idf_coding.Uniform, IDF.analyse, IDF.generate, MixtureRows.binned_table) == before
+    assert torch.get_num_threads() == threads
 
 
 # -- the context probe (benchmarks/idf_context_probe.py) ---------------------------------
