@@ -536,14 +536,6 @@ def windowed_logistic_mixture_counts(
     return windowed_mixture_table(c, half_window, mu, inv_s, pi, norm)
 
 
-@functools.lru_cache(maxsize=256)
-def _edge_offsets(hw: int) -> np.ndarray:
-    """(2 hw + 2, 1) int64: -hw .. hw + 1."""
-    a = np.arange(-hw, hw + 2, dtype=np.int64).reshape(-1, 1)
-    a.flags.writeable = False
-    return a
-
-
 _EXACT = 1 << 52  # integers below this in magnitude are exact in float64
 
 
@@ -591,38 +583,16 @@ class MixtureRows:
             return quantize_weights(np.concatenate([m[:, keep], tail], axis=1))
         _check_alphabet(k)
         out = np.empty((n, k), dtype=np.int64)
-        bs, ns = _plan(w + 1, n)
-        ker = _MassKernel(w, bs, self.mu_t.shape[0])
         ring = ex >= 0
         lo_end, hi_start = hw - ex, hw + ex + 1        # ring: bins [0, lo_end) and [hi_start, w)
-        edges = np.empty((w + 1, bs), dtype=np.float64)
-        offs_e = _edge_offsets(hw)
-        # the rows' parameters, padded to whole sub-blocks with copies of the last row
-        npad = -(-n // bs) * bs
-        pad = rows if npad == n else rows[_rows_index(0, n, npad)]
-        mu_t, inv_s_t, pi_t = (np.take(a, pad, axis=1) for a in (self.mu_t, self.inv_s_t, self.pi_t))
-        norm, cp = self.norm[pad], self.c[pad]
-        acc = None
-        for s0 in range(0, n, ns * bs):
-            m = min(n - s0, ns * bs)
-            nsb = -(-m // bs)
-            cols = slice(s0, s0 + nsb * bs)
-            cg = cp[cols].reshape(nsb, bs)
-            mug, sg, pig = (a[:, cols].reshape(a.shape[0], nsb, bs) for a in (mu_t, inv_s_t, pi_t))
-            if acc is None or acc.shape[0] != nsb:
-                acc = np.empty((nsb, w + 1, bs), dtype=np.float64)   # the window's bins, then the escape
-            for i in range(nsb):
-                # edges of the bins of the support x = c + offs: x0 - 0.5, x + 0.5, that is
-                # (c + j) - 0.5 for j = -hw .. hw + 1 (every value exact: |c| + hw < 2**52)
-                np.add(cg[i][None, :], offs_e, out=edges, casting="unsafe")
-                np.subtract(edges, 0.5, out=edges)
-                ker.run(edges, mug[:, i], sg[:, i], pig[:, i], acc[i, :w])
+        # the bins of the support x = c + offs have edges (c - hw + j) - 0.5, j = 0 .. 2 hw + 1
+        for s0, m, acc, norm in self._mass_blocks(rows, c - hw, 1, w):
             window = _col_sums(acc[:, :w])                      # left to right over the whole window
             tail = acc[:, w]
-            np.subtract(norm[cols].reshape(nsb, bs), window, out=tail)
+            np.subtract(norm, window, out=tail)
             np.maximum(tail, 0.0, out=tail)
             if ring:
-                q = np.empty((nsb, k, bs), dtype=np.float64)
+                q = np.empty((acc.shape[0], k, acc.shape[2]), dtype=np.float64)
                 q[:, :lo_end] = acc[:, :lo_end]
                 q[:, lo_end : k - 1] = acc[:, hi_start:w]
                 q[:, k - 1] = tail
@@ -632,6 +602,40 @@ class MixtureRows:
                 # window's sum, then the escape
                 _quantize_blocks(acc, out[s0 : s0 + m], np.add(window, tail, out=window), nonneg=True)
         return out
+
+    def _mass_blocks(self, rows: np.ndarray, starts: np.ndarray, step: int, bins: int):
+        """The mixture masses of ``bins`` bins of ``step`` integers from ``starts``
+        (one per row of ``rows``), in transposed super-blocks: yields (first
+        row, rows m, acc (sub-blocks, bins + 1, columns) whose first ``bins``
+        entries are the masses and whose last is free for an escape, the rows'
+        norms (sub-blocks, columns)); the rows are padded to whole sub-blocks
+        with copies of the last one. Edges ``start + j*step - 1/2`` are exact
+        (integers below 2**52, then an exact half), so a row's masses do not
+        depend on how its bins are written down."""
+        n = rows.shape[0]
+        bs, ns = _plan(bins + 1, n)
+        ker = _MassKernel(bins, bs, self.mu_t.shape[0])
+        npad = -(-n // bs) * bs
+        pick = np.arange(n) if npad == n else _rows_index(0, n, npad)
+        pad = rows[pick]
+        mu_t, inv_s_t, pi_t = (np.take(a, pad, axis=1) for a in (self.mu_t, self.inv_s_t, self.pi_t))
+        norm, sp = self.norm[pad], starts[pick]
+        offs = np.arange(0, bins * step + 1, step, dtype=np.int64).reshape(-1, 1)
+        edges = np.empty((bins + 1, bs), dtype=np.float64)
+        acc = None
+        for s0 in range(0, n, ns * bs):
+            m = min(n - s0, ns * bs)
+            nsb = -(-m // bs)
+            cols = slice(s0, s0 + nsb * bs)
+            sg = sp[cols].reshape(nsb, bs)
+            mug, isg, pig = (a[:, cols].reshape(a.shape[0], nsb, bs) for a in (mu_t, inv_s_t, pi_t))
+            if acc is None or acc.shape[0] != nsb:
+                acc = np.empty((nsb, bins + 1, bs), dtype=np.float64)
+            for i in range(nsb):
+                np.add(sg[i][None, :], offs, out=edges, casting="unsafe")
+                np.subtract(edges, 0.5, out=edges)
+                ker.run(edges, mug[:, i], isg[:, i], pig[:, i], acc[i, :bins])
+            yield s0, m, acc, norm[cols].reshape(nsb, bs)
 
     def binned_table(self, starts: np.ndarray, step: int, bins: int, escape: bool,
                      rows: np.ndarray | None = None) -> np.ndarray:
@@ -666,36 +670,14 @@ class MixtureRows:
         span = bins * step
         if not (int(starts.max()) + span < _EXACT and int(starts.min()) > -_EXACT):
             raise ValueError("bin edges beyond the exact integers of float64")
-        bs, ns = _plan(bins + 1, n)
-        ker = _MassKernel(bins, bs, self.mu_t.shape[0])
-        npad = -(-n // bs) * bs
-        pick = np.arange(n) if npad == n else _rows_index(0, n, npad)
-        pad = rows[pick]
-        mu_t, inv_s_t, pi_t = (np.take(a, pad, axis=1) for a in (self.mu_t, self.inv_s_t, self.pi_t))
-        norm, sp = self.norm[pad], starts[pick]
-        offs = np.arange(0, span + 1, step, dtype=np.int64).reshape(-1, 1)   # the bins' edges, from start
-        edges = np.empty((bins + 1, bs), dtype=np.float64)
-        acc = None
-        for s0 in range(0, n, ns * bs):
-            m = min(n - s0, ns * bs)
-            nsb = -(-m // bs)
-            cols = slice(s0, s0 + nsb * bs)
-            sg = sp[cols].reshape(nsb, bs)
-            mug, isg, pig = (a[:, cols].reshape(a.shape[0], nsb, bs) for a in (mu_t, inv_s_t, pi_t))
-            if acc is None or acc.shape[0] != nsb:
-                acc = np.empty((nsb, k, bs), dtype=np.float64)
-            for i in range(nsb):
-                # edges start + j*step - 0.5: integers below 2**52, then an exact half
-                np.add(sg[i][None, :], offs, out=edges, casting="unsafe")
-                np.subtract(edges, 0.5, out=edges)
-                ker.run(edges, mug[:, i], isg[:, i], pig[:, i], acc[i, :bins])
+        for s0, m, acc, norm in self._mass_blocks(rows, starts, step, bins):
             if escape:
                 inside = _col_sums(acc[:, :bins])                   # left to right over the bins
                 tail = acc[:, bins]
-                np.subtract(norm[cols].reshape(nsb, bs), inside, out=tail)
+                np.subtract(norm, inside, out=tail)
                 np.maximum(tail, 0.0, out=tail)
                 # the quantizer's row total: the bins' sum, then the escape (the same order)
                 _quantize_blocks(acc, out[s0 : s0 + m], np.add(inside, tail, out=inside), nonneg=True)
             else:
-                _quantize_blocks(acc, out[s0 : s0 + m], nonneg=True)
+                _quantize_blocks(acc[:, :bins], out[s0 : s0 + m], nonneg=True)
         return out
